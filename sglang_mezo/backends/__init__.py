@@ -1,0 +1,22 @@
+"""Engine adapters behind one interface (base.Backend): `sglang` (in-process ModelRunner) and `hf`."""
+from __future__ import annotations
+
+from .base import Backend, BackendError, Piece, ScoreRequest, ScoreResult, select_trainable
+
+BACKENDS = ("sglang", "hf")
+
+
+def make_backend(name: str, model_path: str, dtype: str = "float32", **kw) -> Backend:
+    if name == "sglang":
+        from .sglang_runner import SGLangBackend
+
+        return SGLangBackend(model_path, dtype, **kw)
+    if name == "hf":
+        from .hf import HFBackend
+
+        return HFBackend(model_path, dtype, **kw)
+    raise BackendError(f"unknown backend {name!r}: choose one of {BACKENDS}")
+
+
+__all__ = ["Backend", "BackendError", "Piece", "ScoreRequest", "ScoreResult", "select_trainable",
+           "make_backend", "BACKENDS"]

@@ -1,0 +1,111 @@
+"""The narrow interface every engine adapter implements: score a batch, expose trainable weights.
+
+A backend knows nothing about MeZO. It gives the step two things:
+  * `score(requests)`: one batched forward; per request, log-probs of candidate next tokens at the last
+    position and/or per-token log-probs of a target span at the end of the ids;
+  * `pieces`: the trainable weights as `Piece`s — in-place views into the engine's own tensors, each
+    tied to the Hugging Face parameter name and the index range of the HF tensor it holds. The noise
+    (noise.py) is a function of (seed, HF name, HF element index), so the step is layout-free.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Sequence
+
+import torch
+
+
+class BackendError(ValueError):
+    """A model or request this backend cannot serve; the message names the problem."""
+
+
+@dataclass
+class ScoreRequest:
+    ids: list[int]                      # full token ids (prompt, plus the target span if any)
+    next_ids: list[int] = field(default_factory=list)  # candidate tokens scored after the last id
+    target_len: int = 0                 # score the last `target_len` ids given what precedes them
+
+
+@dataclass
+class ScoreResult:
+    next_logprobs: list[float]          # log p(next_ids[k] | ids)
+    target_logprobs: list[float]        # log p(ids[j] | ids[:j]) for the last target_len positions
+
+
+@dataclass
+class Piece:
+    """A view into an engine tensor that holds `hf_name[hf_start[0]:..., hf_start[1]:...]` (view's shape)."""
+    hf_name: str
+    hf_shape: tuple[int, ...]
+    view: torch.Tensor
+    hf_start: tuple[int, ...]
+
+    @property
+    def decays(self) -> bool:
+        # MeZO skips weight decay for biases and layer norms.
+        return not (self.hf_name.endswith("bias") or "norm" in self.hf_name)
+
+
+class Backend:
+    name = "base"
+    tokenizer = None
+    dtype: torch.dtype
+    model_path: str
+
+    @property
+    def pieces(self) -> list[Piece]:
+        raise NotImplementedError
+
+    def score(self, requests: Sequence[ScoreRequest]) -> list[ScoreResult]:
+        raise NotImplementedError
+
+    def changed(self) -> None:
+        """Called after every in-place weight change: drop anything computed with the old weights."""
+
+    def hf_state_dict(self) -> dict[str, torch.Tensor]:
+        """The current weights under Hugging Face names and shapes (copies; for export and checks)."""
+        raise NotImplementedError
+
+    def close(self) -> None:
+        pass
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+def select_trainable(pieces: list[Piece], pattern: str | None) -> list[Piece]:
+    """Pieces whose HF name matches the regex `pattern` (re.search); all when None."""
+    if not pattern:
+        return list(pieces)
+    try:
+        rx = re.compile(pattern)
+    except re.error as e:
+        raise BackendError(f"--trainable {pattern!r} is not a valid regular expression: {e}") from e
+    chosen = [p for p in pieces if rx.search(p.hf_name)]
+    if not chosen:
+        names = sorted({p.hf_name for p in pieces})[:5]
+        raise BackendError(f"--trainable {pattern!r} matches no parameter (names look like {names})")
+    return chosen
+
+
+def validate_requests(requests: Sequence[ScoreRequest], vocab_size: int) -> None:
+    for i, r in enumerate(requests):
+        if not r.ids:
+            raise BackendError(f"request {i} has no token ids")
+        if r.target_len < 0 or r.target_len >= len(r.ids):
+            raise BackendError(f"request {i}: target_len {r.target_len} must be in [0, {len(r.ids) - 1}]")
+        bad = [t for t in list(r.ids) + list(r.next_ids) if not 0 <= t < vocab_size]
+        if bad:
+            raise BackendError(f"request {i}: token ids {bad[:3]} outside the vocabulary (size {vocab_size})")
+
+
+def hf_dtype(name: str) -> torch.dtype:
+    table = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16,
+             "bf16": torch.bfloat16, "float16": torch.float16, "fp16": torch.float16}
+    if name not in table:
+        raise BackendError(f"unknown dtype {name!r}: choose float32, bfloat16 or float16")
+    return table[name]

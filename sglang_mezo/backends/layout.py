@@ -1,0 +1,123 @@
+"""Engine parameter ↔ Hugging Face tensor: which slice of which HF tensor each engine tensor holds.
+
+SGLang fuses q/k/v into `qkv_proj` and gate/up into `gate_up_proj` (concatenated along the output dim),
+pads the vocabulary rows of embeddings/lm_head, ties lm_head to the embedding, and shards under TP.
+We read the HF names and shapes from the checkpoint's safetensors headers (no tensor data), then map each
+engine parameter to `Piece`s. `verify` compares every piece with the checkpoint, so a layout SGLang
+changes in a later version fails loudly instead of training the wrong rows.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+from .base import BackendError, Piece
+
+# SGLang's Llama-family models declare this as `packed_modules_mapping`; used when a model does not.
+DEFAULT_PACKED = {"qkv_proj": ["q_proj", "k_proj", "v_proj"], "gate_up_proj": ["gate_proj", "up_proj"]}
+
+
+def checkpoint_files(model_path: str) -> list[Path]:
+    files = sorted(Path(model_path).glob("*.safetensors"))
+    if not files:
+        raise BackendError(f"{model_path}: no *.safetensors files (convert .bin checkpoints with "
+                           "transformers' save_pretrained first)")
+    return files
+
+
+def checkpoint_shapes(model_path: str) -> dict[str, tuple[int, ...]]:
+    shapes = {}
+    for f in checkpoint_files(model_path):
+        with open(f, "rb") as fh:  # header only: 8-byte length + JSON
+            n = int.from_bytes(fh.read(8), "little")
+            header = json.loads(fh.read(n))
+        for name, meta in header.items():
+            if name != "__metadata__":
+                shapes[name] = tuple(meta["shape"])
+    return shapes
+
+
+def engine_pieces(model: torch.nn.Module, hf_shapes: dict[str, tuple[int, ...]]) -> list[Piece]:
+    packed = getattr(model, "packed_modules_mapping", None) or DEFAULT_PACKED
+    pieces: list[Piece] = []
+    for name, param in model.named_parameters():
+        module = model.get_submodule(name.rsplit(".", 1)[0]) if "." in name else model
+        if name in hf_shapes:
+            pieces.append(_one_to_one(name, hf_shapes[name], param, module))
+            continue
+        fused = next((k for k in packed if f".{k}." in f".{name}"), None)
+        if fused is None:
+            raise BackendError(f"engine parameter {name!r} has no Hugging Face tensor in the checkpoint "
+                               "and is not a known fused layout; this model is not supported yet")
+        parts = [name.replace(fused, sub) for sub in packed[fused]]
+        missing = [p for p in parts if p not in hf_shapes]
+        if missing:
+            raise BackendError(f"fused engine parameter {name!r} expects {missing} in the checkpoint")
+        pieces.extend(_fused(parts, hf_shapes, param, module))
+    return pieces
+
+
+def _one_to_one(name, shape, param, module) -> Piece:
+    tp_rank, tp_size = getattr(module, "tp_rank", 0), getattr(module, "tp_size", 1)
+    if len(shape) != param.dim():
+        raise BackendError(f"{name}: engine shape {tuple(param.shape)} vs checkpoint {shape}")
+    si = getattr(module, "shard_indices", None)
+    if si is not None:  # vocab-parallel embedding / lm_head: real rows first, padding rows never move
+        start, end = si.org_vocab_start_index, si.org_vocab_end_index
+        return Piece(name, shape, param.data[: end - start], (start,) + (0,) * (len(shape) - 1))
+    start = [0] * len(shape)
+    view = param.data
+    for attr in ("output_dim", "input_dim"):
+        d = getattr(param, attr, None)
+        if d is not None and tp_size > 1 and param.shape[d] != shape[d]:
+            start[d] = tp_rank * param.shape[d]
+    if any(s + n > full for s, n, full in zip(start, view.shape, shape)):
+        raise BackendError(f"{name}: engine shape {tuple(param.shape)} does not fit checkpoint {shape}")
+    return Piece(name, shape, view, tuple(start))
+
+
+def _fused(parts, hf_shapes, param, module) -> list[Piece]:
+    tp_rank, tp_size = getattr(module, "tp_rank", 0), getattr(module, "tp_size", 1)
+    replicas = getattr(module, "num_kv_head_replicas", 1)
+    out, row = [], 0
+    for i, hf in enumerate(parts):
+        shape = hf_shapes[hf]
+        if replicas > 1 and i > 0:  # k/v heads replicated across ranks when tp > num_kv_heads
+            n = shape[0] * replicas // tp_size
+            start = (tp_rank // replicas) * n
+        else:
+            n = shape[0] // tp_size
+            start = tp_rank * n
+        out.append(Piece(hf, shape, param.data[row: row + n], (start,) + (0,) * (len(shape) - 1)))
+        row += n
+    if row != param.shape[0]:
+        raise BackendError(f"fused parameter holds {param.shape[0]} rows but {parts} give {row}")
+    return out
+
+
+def piece_of(tensor: torch.Tensor, piece: Piece) -> torch.Tensor:
+    """The slice of a full HF tensor that `piece` holds."""
+    idx = tuple(slice(s, s + n) for s, n in zip(piece.hf_start, piece.view.shape))
+    return tensor[idx]
+
+
+def verify(pieces: list[Piece], model_path: str) -> None:
+    """Every piece equals its slice of the checkpoint (in the engine's dtype), else BackendError."""
+    from safetensors import safe_open
+
+    by_name: dict[str, list[Piece]] = {}
+    for p in pieces:
+        by_name.setdefault(p.hf_name, []).append(p)
+    bad = []
+    for f in checkpoint_files(model_path):
+        with safe_open(str(f), framework="pt") as st:
+            for name in st.keys():
+                for p in by_name.get(name, []):
+                    ref = piece_of(st.get_tensor(name), p).to(p.view.dtype)
+                    if not torch.equal(ref, p.view.cpu()):
+                        bad.append(name)
+    if bad:
+        raise BackendError(f"engine weights differ from the checkpoint for {bad[:5]}: SGLang's weight "
+                           "layout is not what layout.py expects (version drift?)")

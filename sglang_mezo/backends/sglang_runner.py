@@ -1,0 +1,174 @@
+"""SGLang adapter: an in-process ModelRunner built as `sglang.benchmark.one_batch` builds it.
+
+Pinned to sglang 0.5.23 (SGLANG_VERSION); tests/test_sglang_pin.py fails loudly on any other version.
+Every SGLang internal we touch is in this file. Forward passes are SGLang's own batched prefill (ragged
+prompts packed, no padding); the radix cache is off and the KV pools are cleared before every batch,
+so nothing computed under old or perturbed weights is ever reused. Weights change only in place
+(CUDA graphs keep pointers to them).
+"""
+from __future__ import annotations
+
+import os
+from array import array
+from typing import Sequence
+
+import torch
+
+from .. import cpu_shims
+from . import layout
+from .base import Backend, BackendError, Piece, ScoreRequest, ScoreResult, validate_requests
+
+SGLANG_VERSION = "0.5.23"
+
+
+def check_version() -> None:
+    import sglang
+
+    if sglang.__version__ != SGLANG_VERSION:
+        raise BackendError(f"sglang_mezo's SGLang adapter is written for sglang=={SGLANG_VERSION}, "
+                           f"found {sglang.__version__}: its internals (ModelRunner, Req, ScheduleBatch) "
+                           "may differ; install the pinned version")
+
+
+class SGLangBackend(Backend):
+    name = "sglang"
+
+    def __init__(self, model_path: str, dtype: str = "float32", *, max_total_tokens: int = 16384,
+                 device: str | None = None, verify_layout: bool = True, tp_size: int = 1):
+        cpu_shims.install()
+        check_version()
+        from sglang.benchmark.one_batch import _init_process_global_configs, load_model
+        from sglang.srt.entrypoints.engine import _set_envs_and_config
+        from sglang.srt.runtime_context import SpawnRanks, publish, spawn_world_rank
+        from sglang.srt.server_args import PortArgs, ServerArgs
+
+        on_cuda = torch.cuda.is_available() if device is None else device == "cuda"
+        kw = dict(model_path=model_path, dtype=dtype, disable_radix_cache=True, tp_size=tp_size,
+                  max_total_tokens=max_total_tokens, random_seed=0, log_level="error")
+        if not on_cuda:
+            kw.update(device="cpu", attention_backend="torch_native", disable_cuda_graph=True)
+        sa = ServerArgs(**kw)
+        sa.resolve_once()
+        _set_envs_and_config(sa)
+        pa = PortArgs.init_new(sa)
+        publish(sa, role="scheduler",
+                ranks=SpawnRanks(world_rank=spawn_world_rank(sa, tp_rank=0, pp_rank=0), gpu_id=0))
+        _init_process_global_configs()
+        bench, self.tokenizer = load_model(sa, pa, 0, 0)
+        self.runner = bench.torch_runner
+        self.model = self.runner.model
+        self.model_path = model_path
+        self.dtype = next(self.model.parameters()).dtype
+        self.vocab_size = self.runner.model_config.vocab_size
+        self.max_tokens = min(max_total_tokens, self.runner.max_total_num_tokens) - 8
+        self.max_reqs = max(1, self.runner.req_to_token_pool.size - 1)
+        refuse_derived_caches(self.model)
+        self._pieces = layout.engine_pieces(self.model, layout.checkpoint_shapes(model_path))
+        if verify_layout:
+            layout.verify(self._pieces, model_path)
+
+    @property
+    def pieces(self) -> list[Piece]:
+        return self._pieces
+
+    @torch.no_grad()
+    def score(self, requests: Sequence[ScoreRequest]) -> list[ScoreResult]:
+        validate_requests(requests, self.vocab_size)
+        results: list[ScoreResult] = []
+        for chunk in self._chunks(requests):
+            results.extend(self._forward(chunk))
+        return results
+
+    def _chunks(self, requests):
+        chunk, tokens = [], 0
+        for r in requests:
+            if len(r.ids) > self.max_tokens:
+                raise BackendError(f"a request of {len(r.ids)} tokens exceeds max_total_tokens {self.max_tokens}")
+            if chunk and (tokens + len(r.ids) > self.max_tokens or len(chunk) >= self.max_reqs):
+                yield chunk
+                chunk, tokens = [], 0
+            chunk.append(r)
+            tokens += len(r.ids)
+        if chunk:
+            yield chunk
+
+    def _forward(self, requests: Sequence[ScoreRequest]) -> list[ScoreResult]:
+        from sglang.benchmark.one_batch import TreeCacheNamespace
+        from sglang.srt.managers.schedule_batch import Req, ScheduleBatch
+        from sglang.srt.model_executor.forward_batch_info import ForwardBatch
+        from sglang.srt.runtime_context import get_schedule
+        from sglang.srt.sampling.sampling_params import SamplingParams
+        from sglang.srt.speculative.spec_info import SpeculativeAlgorithm
+
+        mr = self.runner
+        want_span = any(r.target_len for r in requests)
+        reqs = []
+        for i, r in enumerate(requests):
+            req = Req(rid=str(i), origin_input_text="", origin_input_ids=array("q", r.ids),
+                      sampling_params=SamplingParams(temperature=0, max_new_tokens=1),
+                      return_logprob=want_span)
+            req.full_untruncated_fill_ids = req.origin_input_ids
+            # Log-probs from position len-target_len-1 on: entry j = log p(ids[s+j+1] | ids[:s+j+1]).
+            req.logprob_start_len = len(r.ids) - max(r.target_len, 1) - 1 if want_span else len(r.ids) - 1
+            req.extend_end = len(r.ids)
+            reqs.append(req)
+        mr.req_to_token_pool.clear()
+        mr.token_to_kv_pool_allocator.clear()
+        tree = TreeCacheNamespace(page_size=get_schedule().page_size, device=mr.device,
+                                  token_to_kv_pool_allocator=mr.token_to_kv_pool_allocator)
+        batch = ScheduleBatch.init_new(reqs=reqs, req_to_token_pool=mr.req_to_token_pool,
+                                       token_to_kv_pool_allocator=mr.token_to_kv_pool_allocator,
+                                       tree_cache=tree, model_config=mr.model_config, enable_overlap=False,
+                                       spec_algorithm=SpeculativeAlgorithm.NONE)
+        batch.prepare_for_extend()
+        if batch.input_ids is None and getattr(batch, "prefill_input_ids_cpu", None) is not None:
+            batch.input_ids = batch.prefill_input_ids_cpu.to(batch.device)
+            batch.prefill_input_ids_cpu = None
+        fb = ForwardBatch.init_new(batch, mr, return_hidden_states_before_norm=False)
+        out = mr.forward(fb).logits_output
+        # next_token_logits may live in a reused buffer: reduce it before the next forward.
+        next_lp = torch.log_softmax(out.next_token_logits[:, : self.vocab_size].float(), dim=-1)
+        results = []
+        flat = out.input_token_logprobs.float().cpu() if want_span else None
+        k = 0
+        for i, r in enumerate(requests):
+            nxt = next_lp[i, r.next_ids].tolist() if r.next_ids else []
+            span = []
+            if want_span:
+                n = len(r.ids) - reqs[i].logprob_start_len  # entries for this request (last is a pad slot)
+                if r.target_len:
+                    span = flat[k: k + r.target_len].tolist()
+                k += n
+            results.append(ScoreResult(nxt, span))
+        mr.req_to_token_pool.clear()
+        mr.token_to_kv_pool_allocator.clear()
+        return results
+
+    def hf_state_dict(self) -> dict[str, torch.Tensor]:
+        return assemble_hf(self._pieces)
+
+    def close(self) -> None:
+        pass
+
+
+def refuse_derived_caches(model) -> None:
+    """SGLang refuses online weight updates for models with derived weight caches; so do we."""
+    from sglang.srt.model_executor.model_runner_components.weight_updater import (
+        _unsupported_derived_weight_cache_error,
+    )
+
+    reason = _unsupported_derived_weight_cache_error(model)
+    if reason:
+        raise BackendError(f"this model keeps derived weight caches that in-place MeZO updates would "
+                           f"leave stale: {reason}")
+
+
+def assemble_hf(pieces: list[Piece]) -> dict[str, torch.Tensor]:
+    """Full HF tensors from pieces (single-rank: every piece of a tensor is here)."""
+    out: dict[str, torch.Tensor] = {}
+    for p in pieces:
+        t = out.get(p.hf_name)
+        if t is None:
+            t = out[p.hf_name] = torch.zeros(p.hf_shape, dtype=p.view.dtype)
+        layout.piece_of(t, p).copy_(p.view.cpu())
+    return out

@@ -1,0 +1,101 @@
+"""sglang-mezo train | eval | replay — argument parsing only; the work lives in train.py & co."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from . import cpu_shims
+
+
+def _train_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--task", default="sst2", help="built-in task name or a task .yaml file")
+    p.add_argument("--model", default=None, help="local HF model folder (default: embedded SmolLM2-135M)")
+    p.add_argument("--backend", default="sglang", help="sglang | hf")
+    p.add_argument("--objective", default="ce", help="ce | accuracy")
+    p.add_argument("--steps", type=int, default=100)
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--lr", type=float, default=1e-6)
+    p.add_argument("--eps", type=float, default=1e-3)
+    p.add_argument("--weight-decay", type=float, default=0.0)
+    p.add_argument("--seed", type=int, default=42)
+    p.add_argument("--k-shot", type=int, default=16, help="examples per class; 0 = 1,000/500/1,000 setting")
+    p.add_argument("--eval-every", type=int, default=0)
+    p.add_argument("--dtype", default="float32", help="float32 | bfloat16 | float16")
+    p.add_argument("--estimator", default="two_point", help="two_point | one_point")
+    p.add_argument("--n-queries", type=int, default=1, help="n-SPSA: seeds per step")
+    p.add_argument("--trainable", default=None, help="regex over HF parameter names (default: all)")
+    p.add_argument("--data-dir", default=None, help="task data root (default: shared/data)")
+    p.add_argument("--n-test", type=int, default=1000)
+    p.add_argument("--out", required=True)
+    p.add_argument("--overwrite", action="store_true")
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="sglang-mezo", description="MeZO fine-tuning inside SGLang")
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    _train_args(sub.add_parser("train", help="fine-tune with MeZO"))
+    e = sub.add_parser("eval", help="accuracy of a model on a task split (one JSON line)")
+    e.add_argument("--model", default=None)
+    e.add_argument("--task", default="sst2")
+    e.add_argument("--split", default="test")
+    e.add_argument("--backend", default="sglang")
+    e.add_argument("--dtype", default="float32")
+    e.add_argument("--limit", type=int, default=None, help="first N examples only")
+    e.add_argument("--data-dir", default=None)
+    e.add_argument("--batch-size", type=int, default=64)
+    r = sub.add_parser("replay", help="rebuild trained weights from base model + trajectory")
+    r.add_argument("--base", default=None, help="base model folder (default: the one in the trajectory)")
+    r.add_argument("--trajectory", required=True)
+    r.add_argument("--out", required=True)
+    r.add_argument("--upto", type=int, default=None, help="stop after this step")
+    args = ap.parse_args(argv)
+    cpu_shims.install()
+    try:
+        if args.cmd == "train":
+            from .train import TrainConfig, train
+
+            kw = {k: v for k, v in vars(args).items() if k != "cmd"}
+            kw["k_shot"] = kw["k_shot"] or None
+            print(json.dumps(train(TrainConfig(**kw))))
+        elif args.cmd == "eval":
+            print(json.dumps(evaluate_cmd(args)))
+        elif args.cmd == "replay":
+            print(json.dumps(replay_cmd(args)))
+    except (ValueError, ArithmeticError, FileNotFoundError) as err:
+        print(f"sglang-mezo {args.cmd}: error: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def evaluate_cmd(args) -> dict:
+    from . import objectives, tasks
+    from .backends import make_backend
+    from .models import resolve_model
+
+    spec = tasks.get_task(args.task)
+    examples = tasks.load_split(spec, args.split, args.data_dir)[: args.limit]
+    backend = make_backend(args.backend, resolve_model(args.model), args.dtype)
+    res = objectives.evaluate(backend, examples, spec.single_token_labels, args.batch_size)
+    return {"task": spec.name, "split": args.split, "backend": args.backend, **res}
+
+
+def replay_cmd(args) -> dict:
+    from pathlib import Path
+
+    from .backends.base import hf_dtype
+    from .export import save_model
+    from .models import resolve_model
+    from .trajectory import read, replay
+
+    header, records = read(args.trajectory)
+    base = resolve_model(args.base or header["base_model"])
+    if Path(args.out).exists() and any(Path(args.out).iterdir()):
+        raise ValueError(f"--out {args.out} is not empty; choose a new directory")
+    weights = replay(base, args.trajectory, args.upto)
+    save_model(base, weights, hf_dtype(header["dtype"]), args.out)
+    return {"out": args.out, "steps": len(records) if args.upto is None else args.upto}
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,94 @@
+"""Objectives MeZO can optimise, computed from what the engine returns (log-probs), plus batched eval.
+
+Each example is scored by its candidates' log-likelihoods: with single-token label words, one request per
+example and the candidates' next-token log-probs; otherwise one request per candidate and the mean
+log-prob of its tokens (MeZO large_models' train_as_classification).
+  ce        cross-entropy over candidates (the default)
+  accuracy  −accuracy of the argmax candidate (MeZO medium_models' optimize_acc); moves in steps of 1/B
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Sequence
+
+import torch
+
+from .backends.base import Backend, ScoreRequest
+from .tasks import Example, TaskError
+
+
+@dataclass
+class EncodedBatch:
+    requests: list[ScoreRequest]
+    # per example: ("next", request index) or ("span", [request index per candidate])
+    where: list[tuple]
+    labels: torch.Tensor
+    n_candidates: int
+
+
+def encode(examples: Sequence[Example], tokenizer, single_token_labels: bool = True) -> EncodedBatch:
+    reqs, where = [], []
+    for ex in examples:
+        prompt = tokenizer.encode(ex.prompt)
+        cands = [tokenizer.encode(c, add_special_tokens=False) for c in ex.candidates]
+        if single_token_labels:
+            for text, ids in zip(ex.candidates, cands):
+                if len(ids) != 1:
+                    raise TaskError(f"label word {text!r} is {len(ids)} tokens for this tokenizer "
+                                    f"({ids}); label words must be single tokens")
+            where.append(("next", len(reqs)))
+            reqs.append(ScoreRequest(prompt, next_ids=[c[0] for c in cands]))
+        else:
+            idx = []
+            for ids in cands:
+                if not ids:
+                    raise TaskError(f"an empty candidate in example {ex.prompt[:60]!r}")
+                idx.append(len(reqs))
+                reqs.append(ScoreRequest(prompt + ids, target_len=len(ids)))
+            where.append(("span", idx))
+    n = max(len(ex.candidates) for ex in examples)
+    return EncodedBatch(reqs, where, torch.tensor([ex.label for ex in examples]), n)
+
+
+def candidate_scores(backend: Backend, batch: EncodedBatch) -> torch.Tensor:
+    """[B, C] log-likelihood of each candidate (−inf where an example has fewer candidates)."""
+    res = backend.score(batch.requests)
+    out = torch.full((len(batch.where), batch.n_candidates), float("-inf"), dtype=torch.float64)
+    for b, (kind, idx) in enumerate(batch.where):
+        if kind == "next":
+            vals = res[idx].next_logprobs
+        else:
+            vals = [sum(res[i].target_logprobs) / len(res[i].target_logprobs) for i in idx]
+        out[b, : len(vals)] = torch.tensor(vals, dtype=torch.float64)
+    return out
+
+
+def ce(scores: torch.Tensor, labels: torch.Tensor) -> float:
+    return torch.nn.functional.cross_entropy(scores, labels).item()
+
+
+def neg_accuracy(scores: torch.Tensor, labels: torch.Tensor) -> float:
+    return -(scores.argmax(dim=1) == labels).double().mean().item()
+
+
+OBJECTIVES: dict[str, Callable[[torch.Tensor, torch.Tensor], float]] = {"ce": ce, "accuracy": neg_accuracy}
+
+
+def get_objective(name: str) -> Callable[[torch.Tensor, torch.Tensor], float]:
+    if name not in OBJECTIVES:
+        raise ValueError(f"unknown objective {name!r}: choose one of {sorted(OBJECTIVES)}")
+    return OBJECTIVES[name]
+
+
+def evaluate(backend: Backend, examples: Sequence[Example], single_token_labels: bool = True,
+             batch_size: int = 64) -> dict:
+    """Accuracy with all candidates of many examples scored per forward batch."""
+    correct, total, loss = 0, 0, 0.0
+    for i in range(0, len(examples), batch_size):
+        chunk = examples[i: i + batch_size]
+        enc = encode(chunk, backend.tokenizer, single_token_labels)
+        s = candidate_scores(backend, enc)
+        correct += int((s.argmax(1) == enc.labels).sum())
+        loss += ce(s, enc.labels) * len(chunk)
+        total += len(chunk)
+    return {"accuracy": correct / total, "ce": loss / total, "n": total}

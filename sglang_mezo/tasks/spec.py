@@ -1,0 +1,141 @@
+"""A classification task: where its examples come from and how an example becomes a prompt + candidates."""
+from __future__ import annotations
+
+import csv
+import json
+import os
+import random
+import string
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+
+class TaskError(ValueError):
+    """Task data or a task definition we cannot use; the message names the file and the problem."""
+
+
+@dataclass
+class Example:
+    prompt: str
+    candidates: list[str]   # text appended after the prompt, one per class / option
+    label: int              # index into candidates
+
+
+@dataclass
+class TaskSpec:
+    name: str
+    files: dict[str, str]                   # split -> path (relative to the data dir or absolute)
+    template: str = ""                      # str.format template over the example's fields
+    label_field: str = "label"
+    label_words: dict = field(default_factory=dict)   # raw label value -> candidate text
+    single_token_labels: bool = True        # verbaliser words must be one token each (MeZO/LM-BFF)
+    build: Callable[[dict], Example] | None = None    # custom row -> Example (multi-choice tasks)
+    tsv_columns: list[str] | None = None    # for header-less TSV files
+
+    def __post_init__(self):
+        if self.build is None:
+            fields = [f for _, f, _, _ in string.Formatter().parse(self.template) if f]
+            if not fields:
+                raise TaskError(f"task {self.name!r}: template {self.template!r} has no {{field}} slot")
+            if len(self.label_words) < 2:
+                raise TaskError(f"task {self.name!r}: needs at least two label words, got {self.label_words}")
+
+    def example(self, row: dict, where: str) -> Example:
+        if self.build is not None:
+            try:
+                return self.build(row)
+            except KeyError as e:
+                raise TaskError(f"{where}: missing field {e} for task {self.name!r}") from None
+        try:
+            prompt = self.template.format(**row)
+        except KeyError as e:
+            raise TaskError(f"{where}: missing field {e} needed by the template of {self.name!r}") from None
+        if self.label_field not in row:
+            raise TaskError(f"{where}: missing label field {self.label_field!r}")
+        raw = row[self.label_field]
+        keys = list(self.label_words)
+        match = [k for k in keys if str(k).lower() == str(raw).lower()]
+        if not match:
+            raise TaskError(f"{where}: unknown label {raw!r} (task {self.name!r} knows {keys})")
+        return Example(prompt, [self.label_words[k] for k in keys], keys.index(match[0]))
+
+
+def read_rows(path: Path, tsv_columns: list[str] | None = None) -> list[dict]:
+    if not path.is_file():
+        raise TaskError(f"task file not found: {path}")
+    rows: list[dict] = []
+    if path.suffix == ".jsonl":
+        with open(path, encoding="utf-8") as f:
+            for i, line in enumerate(f, 1):
+                if not line.strip():
+                    continue
+                try:
+                    row = json.loads(line)
+                except json.JSONDecodeError as e:
+                    raise TaskError(f"{path}:{i}: not valid JSON ({e.msg})") from None
+                if not isinstance(row, dict):
+                    raise TaskError(f"{path}:{i}: each line must be a JSON object")
+                rows.append(row)
+    elif path.suffix == ".tsv":
+        with open(path, encoding="utf-8", newline="") as f:
+            reader = csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE)
+            header = tsv_columns or next(reader, None)
+            for i, rec in enumerate(reader, 2):
+                if len(rec) != len(header):
+                    raise TaskError(f"{path}:{i}: {len(rec)} columns, expected {len(header)} ({header})")
+                rows.append({k: v.strip() for k, v in zip(header, rec)})
+    else:
+        raise TaskError(f"{path}: unsupported file type (use .jsonl or .tsv)")
+    if not rows:
+        raise TaskError(f"task file is empty: {path}")
+    return rows
+
+
+def default_data_dir() -> Path:
+    env = os.environ.get("SGLANG_MEZO_DATA")
+    if env:
+        return Path(env)
+    here = Path(__file__).resolve()
+    for up in here.parents:  # a checkout beside shared/data (this project's machines and CI)
+        if (up / "shared" / "data").is_dir():
+            return up / "shared" / "data"
+    return Path.cwd() / "data"
+
+
+def load_split(spec: TaskSpec, split: str, data_dir: str | Path | None = None) -> list[Example]:
+    if split not in spec.files:
+        raise TaskError(f"task {spec.name!r} has no {split!r} split (has {sorted(spec.files)})")
+    path = Path(spec.files[split])
+    if not path.is_absolute():
+        path = Path(data_dir or default_data_dir()) / path
+    rows = read_rows(path, spec.tsv_columns)
+    return [spec.example(r, f"{path}:{i + 1}") for i, r in enumerate(rows)]
+
+
+def sample_k_shot(examples: list[Example], k: int, seed: int, exclude: set[int] = frozenset()
+                  ) -> tuple[list[Example], set[int]]:
+    """k examples per class (LM-BFF/MeZO sampler), shuffled; returns them and the indices used."""
+    rng = random.Random(seed)
+    order = [i for i in range(len(examples)) if i not in exclude]
+    rng.shuffle(order)
+    by_class: dict[int, list[int]] = {}
+    for i in order:
+        by_class.setdefault(examples[i].label, []).append(i)
+    picked = []
+    for label, idx in sorted(by_class.items()):
+        if len(idx) < k:
+            raise TaskError(f"only {len(idx)} examples of class {label} left, {k} per class requested")
+        picked += idx[:k]
+    rng.shuffle(picked)
+    return [examples[i] for i in picked], set(picked)
+
+
+def sample_n(examples: list[Example], n: int, seed: int, exclude: set[int] = frozenset()
+             ) -> tuple[list[Example], set[int]]:
+    """n examples drawn without replacement (MeZO's 1,000 / 500 / 1,000 setting)."""
+    pool = [i for i in range(len(examples)) if i not in exclude]
+    if len(pool) < n:
+        raise TaskError(f"{n} examples requested but only {len(pool)} are available")
+    picked = random.Random(seed).sample(pool, n)
+    return [examples[i] for i in picked], set(picked)

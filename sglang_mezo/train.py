@@ -1,0 +1,181 @@
+"""The training job: task data + backend + MeZO steps + evaluation + outputs in one directory.
+
+    DIR/config.json       the resolved configuration
+    DIR/trajectory.jsonl  header + one line per step (replayable checkpoint)
+    DIR/metrics.jsonl     per-step loss/time and periodic dev/test accuracy
+    DIR/model/            HF safetensors + config + tokenizer of the final weights
+    DIR/curves.png        loss and accuracy curves
+"""
+from __future__ import annotations
+
+import json
+import random
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from . import objectives, tasks
+from .backends import BACKENDS, BackendError, make_backend, select_trainable
+from .backends.base import hf_dtype
+from .export import save_model
+from .mezo import MeZOConfig, mezo_step
+from .models import resolve_model
+from .trajectory import TrajectoryWriter
+
+
+class OutputError(ValueError):
+    pass
+
+
+@dataclass
+class TrainConfig:
+    out: str
+    task: str = "sst2"
+    model: str | None = None
+    backend: str = "sglang"
+    objective: str = "ce"
+    steps: int = 100
+    batch_size: int = 16
+    lr: float = 1e-6
+    eps: float = 1e-3
+    weight_decay: float = 0.0
+    seed: int = 42
+    k_shot: int | None = 16
+    n_train: int = 1000
+    n_dev: int = 500
+    n_test: int = 1000
+    eval_every: int = 0            # 0: only before and after training
+    dtype: str = "float32"
+    estimator: str = "two_point"
+    n_queries: int = 1
+    trainable: str | None = None
+    data_dir: str | None = None
+    eval_batch_size: int = 64
+    overwrite: bool = False
+    progress: bool = True
+
+    def mezo(self) -> MeZOConfig:
+        return MeZOConfig(lr=self.lr, eps=self.eps, weight_decay=self.weight_decay,
+                          estimator=self.estimator, n_queries=self.n_queries)
+
+
+def _check_out(out: Path, overwrite: bool) -> None:
+    if out.exists() and not out.is_dir():
+        raise OutputError(f"--out {out} exists and is not a directory")
+    if out.is_dir() and any(out.iterdir()) and not overwrite:
+        raise OutputError(f"--out {out} is not empty; choose a new directory (or --overwrite to replace "
+                          "the files this job writes)")
+
+
+def batches(n: int, size: int, seed: int):
+    """Indices of shuffled epochs, `size` at a time (a fresh permutation per epoch, like a DataLoader)."""
+    rng, buf = random.Random(seed), []
+    while True:
+        if len(buf) < size:
+            perm = list(range(n))
+            rng.shuffle(perm)
+            buf += perm
+        yield buf[:size]
+        buf = buf[size:]
+
+
+def train(cfg: TrainConfig) -> dict:
+    # Everything that can be wrong with the input is checked before anything is written.
+    mezo_cfg = cfg.mezo()
+    if cfg.steps < 0 or cfg.batch_size < 1:
+        raise ValueError("--steps must be >= 0 and --batch-size >= 1")
+    if cfg.backend not in BACKENDS:
+        raise BackendError(f"unknown backend {cfg.backend!r}: choose one of {BACKENDS}")
+    objective = objectives.get_objective(cfg.objective)
+    hf_dtype(cfg.dtype)
+    out = Path(cfg.out)
+    _check_out(out, cfg.overwrite)
+    model_path = resolve_model(cfg.model)
+    spec = tasks.get_task(cfg.task)
+    data = tasks.splits(spec, k_shot=cfg.k_shot, seed=cfg.seed, n_train=cfg.n_train, n_dev=cfg.n_dev,
+                        n_test=cfg.n_test, data_dir=cfg.data_dir)
+    backend = make_backend(cfg.backend, model_path, cfg.dtype)
+    pieces = select_trainable(backend.pieces, cfg.trainable)
+    objectives.encode(data["train"][:1], backend.tokenizer, spec.single_token_labels)  # label words ok?
+
+    def evaluate(split):
+        return objectives.evaluate(backend, data[split], spec.single_token_labels, cfg.eval_batch_size)
+
+    out.mkdir(parents=True, exist_ok=True)
+    resolved = {**asdict(cfg), "model": model_path, "n_trainable": sum(p.view.numel() for p in pieces),
+                "split_sizes": {k: len(v) for k, v in data.items()}}
+    (out / "config.json").write_text(json.dumps(resolved, indent=2))
+    names = list(dict.fromkeys(p.hf_name for p in pieces))
+    traj = TrajectoryWriter(out / "trajectory.jsonl", {
+        "base_model": model_path, "dtype": cfg.dtype, "trainable": cfg.trainable,
+        "trainable_names": names, "noise": "splitmix64-quantile/1", "backend": cfg.backend})
+    metrics = open(out / "metrics.jsonl", "w", encoding="utf-8")
+
+    def log(obj):
+        metrics.write(json.dumps(obj) + "\n")
+        metrics.flush()
+
+    history = {"step": [], "loss": [], "eval_step": [], "dev_acc": []}
+    try:
+        dev = evaluate("dev")
+        log({"step": 0, "split": "dev", **dev})
+        history["eval_step"].append(0)
+        history["dev_acc"].append(dev["accuracy"])
+        seed_rng = random.Random(cfg.seed)
+        order = batches(len(data["train"]), cfg.batch_size, cfg.seed)
+        from tqdm import tqdm
+
+        bar = tqdm(range(1, cfg.steps + 1), desc="mezo", disable=not cfg.progress, dynamic_ncols=True)
+        for step in bar:
+            ex = [data["train"][i] for i in next(order)]
+            enc = objectives.encode(ex, backend.tokenizer, spec.single_token_labels)
+            loss = lambda: objective(objectives.candidate_scores(backend, enc), enc.labels)  # noqa: E731
+            seeds = [seed_rng.getrandbits(32) for _ in range(cfg.n_queries)]
+            t0 = time.perf_counter()
+            rec = mezo_step(pieces, loss, seeds, mezo_cfg, step, backend.changed)
+            dt = time.perf_counter() - t0
+            traj.append(rec)
+            log({"step": step, "loss": rec.loss, "grad": rec.grads, "time_s": dt})
+            history["step"].append(step)
+            history["loss"].append(rec.loss)
+            bar.set_postfix(loss=f"{rec.loss:.4f}", s_per_step=f"{dt:.2f}")
+            if cfg.eval_every and step % cfg.eval_every == 0 and step != cfg.steps:
+                dev = evaluate("dev")
+                log({"step": step, "split": "dev", **dev})
+                history["eval_step"].append(step)
+                history["dev_acc"].append(dev["accuracy"])
+        final_dev = evaluate("dev")
+        log({"step": cfg.steps, "split": "dev", **final_dev})
+        history["eval_step"].append(cfg.steps)
+        history["dev_acc"].append(final_dev["accuracy"])
+        test = evaluate("test")
+        log({"step": cfg.steps, "split": "test", **test})
+    finally:
+        traj.close()
+        metrics.close()
+    save_model(model_path, backend.hf_state_dict(), hf_dtype(cfg.dtype), out / "model")
+    plot_curves(history, out / "curves.png", title=f"{spec.name} · {cfg.objective} · {cfg.backend}")
+    backend.close()
+    return {"dev_accuracy": final_dev["accuracy"], "test_accuracy": test["accuracy"],
+            "zero_shot_dev_accuracy": history["dev_acc"][0], "steps": cfg.steps, "out": str(out)}
+
+
+def plot_curves(history: dict, path: Path, title: str = "") -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (a, b) = plt.subplots(1, 2, figsize=(10, 3.6))
+    a.plot(history["step"], history["loss"], lw=0.8)
+    a.set_xlabel("step")
+    a.set_ylabel("training objective (mean of L+, L−)")
+    b.plot(history["eval_step"], history["dev_acc"], marker="o")
+    b.set_xlabel("step")
+    b.set_ylabel("dev accuracy")
+    fig.suptitle(title)
+    fig.tight_layout()
+    tmp = path.with_name(path.stem + ".tmp.png")
+    fig.savefig(tmp, dpi=110)
+    plt.close(fig)
+    tmp.replace(path)

@@ -1,0 +1,87 @@
+"""trajectory.jsonl: a header line, then one line per MeZO step (seeds + projected gradients + losses).
+
+Because z is a pure function of (seed, HF name, HF index), the base model plus this file (a few KB) is a
+complete checkpoint: `replay` redoes each step's exact arithmetic, without forward passes.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import asdict
+from pathlib import Path
+
+import torch
+
+from .backends.base import Piece
+from .mezo import StepRecord, replay_step
+
+FORMAT = "sglang_mezo.trajectory/1"
+
+
+class TrajectoryError(ValueError):
+    pass
+
+
+class TrajectoryWriter:
+    def __init__(self, path: Path, header: dict):
+        self.path = Path(path)
+        self.f = open(self.path, "w", encoding="utf-8")
+        self._write({"format": FORMAT, **header})
+
+    def _write(self, obj: dict) -> None:
+        self.f.write(json.dumps(obj) + "\n")
+        self.f.flush()  # every finished step is on disk: a crash loses nothing already done
+
+    def append(self, rec: StepRecord) -> None:
+        self._write(asdict(rec))
+
+    def close(self) -> None:
+        self.f.close()
+
+
+def read(path: str | Path) -> tuple[dict, list[StepRecord]]:
+    path = Path(path)
+    if not path.is_file():
+        raise TrajectoryError(f"trajectory not found: {path}")
+    lines = [l for l in path.read_text(encoding="utf-8").splitlines() if l.strip()]
+    if not lines:
+        raise TrajectoryError(f"{path} is empty")
+    try:
+        header = json.loads(lines[0])
+        if header.get("format") != FORMAT:
+            raise TrajectoryError(f"{path}: first line is not a {FORMAT} header")
+        records = [StepRecord(**json.loads(l)) for l in lines[1:]]
+    except (json.JSONDecodeError, TypeError) as e:
+        raise TrajectoryError(f"{path}: malformed line ({e})") from None
+    return header, records
+
+
+def checkpoint_pieces(model_path: str, names: list[str], dtype: torch.dtype) -> list[Piece]:
+    """The named HF tensors of a checkpoint, loaded in `dtype`, as whole-tensor pieces (no engine)."""
+    from safetensors import safe_open
+
+    from .backends.layout import checkpoint_files
+
+    want, pieces = set(names), {}
+    for f in checkpoint_files(model_path):
+        with safe_open(str(f), framework="pt") as st:
+            for n in st.keys():
+                if n in want:
+                    t = st.get_tensor(n).to(dtype).contiguous()
+                    pieces[n] = Piece(n, tuple(t.shape), t, (0,) * t.dim())
+    missing = want - set(pieces)
+    if missing:
+        raise TrajectoryError(f"base model {model_path} lacks trained tensors {sorted(missing)[:5]}")
+    return [pieces[n] for n in names]
+
+
+def replay(base_model: str, trajectory: str | Path, upto: int | None = None) -> dict[str, torch.Tensor]:
+    """Weights after replaying the trajectory on the base model (HF names, the run's dtype)."""
+    from .backends.base import hf_dtype
+
+    header, records = read(trajectory)
+    pieces = checkpoint_pieces(base_model, header["trainable_names"], hf_dtype(header["dtype"]))
+    for rec in records:
+        if upto is not None and rec.step > upto:
+            break
+        replay_step(pieces, rec)
+    return {p.hf_name: p.view for p in pieces}

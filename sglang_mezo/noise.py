@@ -15,6 +15,8 @@ ops to the engine's tensor views, so restore + update cost one noise generation.
 from __future__ import annotations
 
 import hashlib
+import os
+import warnings
 from dataclasses import dataclass
 from typing import Iterable, Sequence
 
@@ -118,25 +120,98 @@ def _apply(view: torch.Tensor, z: torch.Tensor, ops: Sequence, decays: bool) -> 
             view.sub_(step)
 
 
-def sweep(pieces: Iterable, seed: int, ops: Sequence, chunk: int = CHUNK) -> None:
-    """Apply `ops` in place to every piece, with z drawn from (seed, piece.hf_name, HF index)."""
+def _ranges(p):
+    """(contiguous 1-D view, HF flat start index) pairs covering the piece."""
+    v = p.view
+    if v.is_contiguous() and (v.dim() == 1 or tuple(v.shape[1:]) == tuple(p.hf_shape[1:])):
+        row = 1
+        for d in p.hf_shape[1:]:
+            row *= d
+        yield v.view(-1), p.hf_start[0] * row
+    else:  # column shard (TP row-parallel): one contiguous range per row
+        C = p.hf_shape[1]
+        for r in range(v.shape[0]):
+            yield v[r], (p.hf_start[0] + r) * C + p.hf_start[1]
+
+
+def sweep(pieces: Iterable, seed: int, ops: Sequence, chunk: int = CHUNK, impl: str | None = None) -> None:
+    """Apply `ops` in place to every piece, with z drawn from (seed, piece.hf_name, HF index).
+
+    impl: "native" (C, CPU only), "torch" (any device), or None = native where it applies.
+    """
+    impl = impl or os.environ.get("SGLANG_MEZO_NOISE") or "auto"
     for p in pieces:
         key = stream_key(seed, p.hf_name)
-        v = p.view
-        if v.numel() == 0:
-            continue
-        full_rows = v.dim() == 1 or (tuple(v.shape[1:]) == tuple(p.hf_shape[1:]) and v.is_contiguous())
-        if full_rows:  # the piece is a contiguous range of the HF tensor
-            row = 1
-            for d in p.hf_shape[1:]:
-                row *= d
-            flat = v.view(-1)
-            base = p.hf_start[0] * row
+        for flat, base in _ranges(p):
+            if flat.numel() == 0:
+                continue
+            if impl != "torch" and flat.device.type == "cpu" and flat.dtype in _DT and flat.is_contiguous() \
+                    and (lib := native_lib(required=impl == "native")) is not None:
+                _native_apply(lib, flat, key, base, ops, p.decays)
+                continue
             for s in range(0, flat.numel(), chunk):
                 n = min(chunk, flat.numel() - s)
-                _apply(flat[s: s + n], gaussian_range(key, base + s, n, v.device), ops, p.decays)
-        else:  # column shard (TP row-parallel): one contiguous range per row
-            C = p.hf_shape[1]
-            for r in range(v.shape[0]):
-                start = (p.hf_start[0] + r) * C + p.hf_start[1]
-                _apply(v[r], gaussian_range(key, start, v.shape[1], v.device), ops, p.decays)
+                _apply(flat[s: s + n], gaussian_range(key, base + s, n, flat.device), ops, p.decays)
+
+
+_DT = {torch.float32: 0, torch.bfloat16: 1, torch.float16: 2}
+_lib = None
+_lib_error: str | None = None
+
+
+def native_lib(required: bool = False):
+    """The compiled C sweep (built once per source version into the cache dir), or None if no compiler."""
+    global _lib, _lib_error
+    if _lib is None and _lib_error is None:
+        try:
+            _lib = _build_native()
+        except Exception as e:  # no gcc / no OpenMP: the torch path gives the same bits, only slower
+            _lib_error = str(e)
+            warnings.warn(f"sglang_mezo: native noise kernel unavailable, using torch ({e})")
+    if _lib is None and required:
+        raise RuntimeError(f"native noise kernel unavailable: {_lib_error}")
+    return _lib
+
+
+def _build_native():
+    import ctypes
+    import subprocess
+    import tempfile
+    from pathlib import Path
+
+    src = Path(__file__).with_name("noise_native.c")
+    code = src.read_bytes()
+    tag = hashlib.blake2b(code, digest_size=6).hexdigest()
+    cache = Path(os.environ.get("SGLANG_MEZO_CACHE", Path.home() / ".cache" / "sglang_mezo"))
+    so = cache / f"noise_native_{tag}.so"
+    if not so.exists():
+        cache.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(dir=cache) as tmp:
+            out = Path(tmp) / so.name
+            subprocess.run([os.environ.get("CC", "gcc"), "-O3", "-march=x86-64-v2" if _x86() else "-O3",
+                            "-fopenmp", "-ffp-contract=off", "-fPIC", "-shared", str(src), "-o", str(out)],
+                           check=True, capture_output=True)
+            os.replace(out, so)
+    lib = ctypes.CDLL(str(so))
+    c = ctypes
+    lib.sweep.argtypes = [c.c_void_p, c.c_int, c.c_int64, c.c_uint64, c.c_int64, c.c_void_p, c.c_int,
+                          c.c_void_p, c.c_void_p, c.c_void_p, c.c_int, c.c_int]
+    lib.sweep.restype = None
+    return lib
+
+
+def _x86() -> bool:
+    import platform
+
+    return platform.machine() in ("x86_64", "AMD64")
+
+
+def _native_apply(lib, flat: torch.Tensor, key: int, base: int, ops: Sequence, decays: bool) -> None:
+    import ctypes
+
+    kinds = (ctypes.c_int * len(ops))(*[0 if isinstance(o, Add) else 1 for o in ops])
+    # The scalars are rounded to float32 exactly as torch rounds a Python float multiplied into fp32.
+    a = torch.tensor([o.scale if isinstance(o, Add) else o.coef for o in ops], dtype=torch.float32)
+    b = torch.tensor([0.0 if isinstance(o, Add) else o.decay for o in ops], dtype=torch.float32)
+    lib.sweep(flat.data_ptr(), _DT[flat.dtype], flat.numel(), key, base, TABLE.data_ptr(), len(ops),
+              ctypes.addressof(kinds), a.data_ptr(), b.data_ptr(), int(decays), torch.get_num_threads())

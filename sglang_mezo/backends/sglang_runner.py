@@ -19,6 +19,7 @@ from . import layout
 from .base import Backend, BackendError, Piece, ScoreRequest, ScoreResult, validate_requests
 
 SGLANG_VERSION = "0.5.23"
+_built: str | None = None
 
 
 def check_version() -> None:
@@ -54,6 +55,11 @@ class SGLangBackend(Backend):
         publish(sa, role="scheduler",
                 ranks=SpawnRanks(world_rank=spawn_world_rank(sa, tp_rank=0, pp_rank=0), gpu_id=0))
         _init_process_global_configs()
+        global _built
+        if _built:  # SGLang builds its parallel groups once per process
+            raise BackendError(f"an SGLang ModelRunner already lives in this process ({_built}); SGLang "
+                               "allows one per process: start another process for a second model")
+        _built = model_path
         bench, self.tokenizer = load_model(sa, pa, 0, 0)
         self.runner = bench.torch_runner
         self.model = self.runner.model

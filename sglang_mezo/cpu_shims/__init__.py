@@ -8,8 +8,9 @@ regular CUDA build of sglang/sgl_kernel/torchvision is used there. On CPU it
     dense op runs `forward_native`, so no stubbed op is ever called for dense Llama/Qwen2/Mistral — a
     call raises NotImplementedError naming the op) and, only if the real one does not import,
     `torchvision` (PyPI only has CUDA builds; SGLang imports it for multimodal utils);
-  * sets OMP_NUM_THREADS=1 unless the user chose (2 threads beside SGLang's busy processes were 10–30×
-    slower on 2 cores) and HF_HUB_OFFLINE=1 (no hub here; a local path must never turn into a download).
+  * sets HF_HUB_OFFLINE=1 (a local path must never turn into a hub download).
+The in-process ModelRunner we train with uses every core; a multi-process `sglang.Engine` on a small CPU
+box wants OMP_NUM_THREADS=1 (2 threads beside SGLang's busy processes were 10–30× slower on 2 cores).
 """
 from __future__ import annotations
 
@@ -37,7 +38,6 @@ def install() -> bool:
     if cuda_available():
         return False
     os.environ["SGLANG_USE_CPU_ENGINE"] = "1"
-    os.environ.setdefault("OMP_NUM_THREADS", "1")
     stub_dirs = [STUBS]
     if _real_torchvision_works():
         # Keep the real torchvision: hide only our sgl_kernel stub by using a dir without torchvision.

@@ -67,6 +67,13 @@ class Backend:
         """The current weights under Hugging Face names and shapes (copies; for export and checks)."""
         raise NotImplementedError
 
+    def load_base(self) -> None:
+        """Put the base checkpoint's weights back, in place."""
+        from .layout import load_base
+
+        load_base(self.pieces, self.model_path)
+        self.changed()
+
     def close(self) -> None:
         pass
 

@@ -39,8 +39,19 @@ def checkpoint_shapes(model_path: str) -> dict[str, tuple[int, ...]]:
     return shapes
 
 
+def packed_mapping(model: torch.nn.Module) -> dict[str, list[str]]:
+    """fused engine module -> HF modules, in concatenation order, as the model class declares it."""
+    stacked = getattr(model, "stacked_params_mapping", None)  # [(".qkv_proj", ".q_proj", "q"), ...]
+    if stacked:
+        out: dict[str, list[str]] = {}
+        for fused, part, *_ in stacked:
+            out.setdefault(fused.strip("."), []).append(part.strip("."))
+        return out
+    return getattr(model, "packed_modules_mapping", None) or DEFAULT_PACKED
+
+
 def engine_pieces(model: torch.nn.Module, hf_shapes: dict[str, tuple[int, ...]]) -> list[Piece]:
-    packed = getattr(model, "packed_modules_mapping", None) or DEFAULT_PACKED
+    packed = packed_mapping(model)
     pieces: list[Piece] = []
     for name, param in model.named_parameters():
         module = model.get_submodule(name.rsplit(".", 1)[0]) if "." in name else model
@@ -103,21 +114,31 @@ def piece_of(tensor: torch.Tensor, piece: Piece) -> torch.Tensor:
     return tensor[idx]
 
 
-def verify(pieces: list[Piece], model_path: str) -> None:
-    """Every piece equals its slice of the checkpoint (in the engine's dtype), else BackendError."""
+def checkpoint_slices(pieces: list[Piece], model_path: str):
+    """(piece, its slice of the checkpoint in the piece's dtype) for every piece, one tensor at a time."""
     from safetensors import safe_open
 
     by_name: dict[str, list[Piece]] = {}
     for p in pieces:
         by_name.setdefault(p.hf_name, []).append(p)
-    bad = []
     for f in checkpoint_files(model_path):
         with safe_open(str(f), framework="pt") as st:
             for name in st.keys():
-                for p in by_name.get(name, []):
-                    ref = piece_of(st.get_tensor(name), p).to(p.view.dtype)
-                    if not torch.equal(ref, p.view.cpu()):
-                        bad.append(name)
+                if name in by_name:
+                    full = st.get_tensor(name)
+                    for p in by_name[name]:
+                        yield p, piece_of(full, p).to(p.view.dtype)
+
+
+def verify(pieces: list[Piece], model_path: str) -> None:
+    """Every piece equals its slice of the checkpoint (in the engine's dtype), else BackendError."""
+    bad = [p.hf_name for p, ref in checkpoint_slices(pieces, model_path) if not torch.equal(ref, p.view.cpu())]
     if bad:
         raise BackendError(f"engine weights differ from the checkpoint for {bad[:5]}: SGLang's weight "
                            "layout is not what layout.py expects (version drift?)")
+
+
+def load_base(pieces: list[Piece], model_path: str) -> None:
+    """Copy the checkpoint back into the pieces, in place (pointers kept: CUDA graphs stay valid)."""
+    for p, ref in checkpoint_slices(pieces, model_path):
+        p.view.copy_(ref)

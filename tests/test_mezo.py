@@ -1,0 +1,93 @@
+"""The MeZO step on the real SGLang engine (tiny Llama): Algorithm 1's arithmetic, determinism, replay."""
+import math
+
+import pytest
+import torch
+
+from sglang_mezo import objectives
+from sglang_mezo.mezo import MeZOConfig, ObjectiveError, mezo_step, replay_step
+from sglang_mezo.tasks import Example
+
+
+def _batch(backend):
+    words = ["good fun movie", "awful boring plot", "very wonderful story", "bad acting", "fun film",
+             "terrible plot"]
+    ex = [Example(f"{w} It was", [" terrible", " great"], int(i % 3 != 1)) for i, w in enumerate(words)]
+    return objectives.encode(ex, backend.tokenizer)
+
+
+def _loss(backend, enc):
+    return lambda: objectives.ce(objectives.candidate_scores(backend, enc), enc.labels)
+
+
+def _weights(backend):
+    return [p.view.clone() for p in backend.pieces]
+
+
+@pytest.mark.parametrize("cfg", [MeZOConfig(lr=1e-3, eps=1e-2, weight_decay=0.1),
+                                 MeZOConfig(lr=1e-3, eps=1e-2, estimator="one_point"),
+                                 MeZOConfig(lr=1e-3, eps=1e-2, n_queries=3)],
+                         ids=["two_point", "one_point", "n_spsa"])
+def test_steps_are_deterministic_and_replay_bit_identically(sglang_backend, cfg):
+    b = sglang_backend
+    enc = _batch(b)
+    runs = []
+    for _ in range(2):
+        b.load_base()
+        recs = [mezo_step(b.pieces, _loss(b, enc), [100 * s + q for q in range(cfg.n_queries)], cfg, s)
+                for s in range(1, 4)]
+        runs.append((recs, _weights(b)))
+    (r1, w1), (r2, w2) = runs
+    assert r1 == r2 and all(torch.equal(x, y) for x, y in zip(w1, w2))
+    b.load_base()
+    base = _weights(b)
+    assert any(not torch.equal(x, y) for x, y in zip(w1, base)), "training changed nothing"
+    for rec in r1:  # replay: same arithmetic from the recorded losses, no forward passes
+        replay_step(b.pieces, rec)
+    assert all(torch.equal(x, y) for x, y in zip(w1, _weights(b)))
+    rec = r1[0]
+    if cfg.estimator == "two_point":
+        assert rec.grads[0] == (rec.loss_plus[0] - rec.loss_minus[0]) / (2 * cfg.eps)
+    else:
+        assert rec.grads[0] == (rec.loss_plus[0] - rec.loss_minus[0]) / cfg.eps
+    b.load_base()
+
+
+def test_projected_gradient_points_downhill(sglang_backend):
+    """A step along −g·z lowers the loss on the batch it measured (small lr, real engine)."""
+    b = sglang_backend
+    b.load_base()
+    enc = _batch(b)
+    loss = _loss(b, enc)
+    before = loss()
+    rec = mezo_step(b.pieces, loss, [7], MeZOConfig(lr=2e-4, eps=1e-3))
+    assert abs(rec.grads[0]) > 0
+    assert loss() < before
+    b.load_base()
+
+
+def test_nan_objective_restores_weights_and_raises(sglang_backend):
+    b = sglang_backend
+    b.load_base()
+    base = _weights(b)
+    vals = iter([0.5, float("nan")])
+    with pytest.raises(ObjectiveError, match="nan"):
+        mezo_step(b.pieces, lambda: next(vals), [3], MeZOConfig(lr=1e-3, eps=1e-2))
+    for x, y in zip(base, _weights(b)):  # +ε, −2ε, +ε: back to θ up to float rounding
+        assert torch.allclose(x, y, atol=1e-6)
+    b.load_base()
+
+
+@pytest.mark.parametrize("kw,msg", [({"lr": math.nan}, "lr must be a finite"), ({"eps": 0}, "eps must be > 0"),
+                                    ({"estimator": "three_point"}, "estimator"), ({"n_queries": 0}, "n_queries")])
+def test_config_validation(kw, msg):
+    with pytest.raises(ValueError, match=msg):
+        MeZOConfig(**kw)
+
+
+def test_multi_token_label_word_is_refused(sglang_backend):
+    from sglang_mezo.tasks import TaskError
+
+    ex = [Example("good It was", [" terrible", " qzxqzxqzx"], 0)]
+    with pytest.raises(TaskError, match="qzxqzxqzx.*single tokens"):
+        objectives.encode(ex, sglang_backend.tokenizer)

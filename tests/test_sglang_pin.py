@@ -1,0 +1,45 @@
+"""The SGLang internals the adapter touches, at the pinned version. Fails loudly on drift."""
+import inspect
+
+import sglang
+
+from sglang_mezo.backends.sglang_runner import SGLANG_VERSION
+
+
+def test_pinned_version():
+    assert sglang.__version__ == SGLANG_VERSION, (
+        f"sglang {sglang.__version__} installed, adapter written for {SGLANG_VERSION}: re-check "
+        "sglang_runner.py (Req fields, ScheduleBatch, one_batch.load_model) and layout.py, then bump the pin")
+
+
+def test_internals_used_by_the_adapter_exist():
+    from sglang.benchmark import one_batch
+    from sglang.srt.layers.logits_processor import LogitsProcessorOutput
+    from sglang.srt.managers.schedule_batch import Req, ScheduleBatch
+    from sglang.srt.model_executor.model_runner_components import weight_updater
+
+    assert {"server_args", "port_args", "gpu_id", "tp_rank"} <= set(inspect.signature(one_batch.load_model).parameters)
+    assert hasattr(one_batch, "TreeCacheNamespace") and hasattr(one_batch, "_init_process_global_configs")
+    assert "return_logprob" in inspect.signature(Req.__init__).parameters
+    assert hasattr(ScheduleBatch, "init_new") and hasattr(ScheduleBatch, "prepare_for_extend")
+    fields = LogitsProcessorOutput.__dataclass_fields__
+    assert "next_token_logits" in fields and "input_token_logprobs" in fields
+    assert callable(weight_updater._unsupported_derived_weight_cache_error)
+
+
+def test_fusion_order_in_sglang_source_matches_layout():
+    """The fused layouts SGLang's Llama and Qwen2 loaders build are the ones layout.py assumes."""
+    import re
+
+    from sglang.srt.models.llama import LlamaForCausalLM
+    from sglang.srt.models.qwen2 import Qwen2ForCausalLM
+
+    from sglang_mezo.backends.layout import DEFAULT_PACKED
+
+    for cls in (LlamaForCausalLM, Qwen2ForCausalLM):
+        src = inspect.getsource(cls)
+        found: dict[str, list[str]] = {}
+        for fused, part in re.findall(r'\(\s*"\.?(\w+)",\s*"\.?(\w+)",\s*(?:"[qkv]"|\d)', src):
+            if part not in found.setdefault(fused, []):
+                found[fused].append(part)
+        assert found == DEFAULT_PACKED, (cls.__name__, found)

@@ -50,9 +50,27 @@ def encode(examples: Sequence[Example], tokenizer, single_token_labels: bool = T
     return EncodedBatch(reqs, where, torch.tensor([ex.label for ex in examples]), n)
 
 
+@dataclass
+class EngineOutputs:
+    """What an objective sees: the batch and what the engine returned for it."""
+    examples: Sequence[Example]
+    labels: torch.Tensor            # [B] index of the correct candidate
+    scores: torch.Tensor            # [B, C] candidate log-likelihoods (−inf: no such candidate)
+    results: list                   # raw ScoreResult per request (next-token / span log-probs)
+    batch: EncodedBatch
+
+
+def run_batch(backend: Backend, examples: Sequence[Example], batch: EncodedBatch) -> EngineOutputs:
+    res = backend.score(batch.requests)
+    return EngineOutputs(examples, batch.labels, _scores(res, batch), res, batch)
+
+
 def candidate_scores(backend: Backend, batch: EncodedBatch) -> torch.Tensor:
     """[B, C] log-likelihood of each candidate (−inf where an example has fewer candidates)."""
-    res = backend.score(batch.requests)
+    return _scores(backend.score(batch.requests), batch)
+
+
+def _scores(res, batch: EncodedBatch) -> torch.Tensor:
     out = torch.full((len(batch.where), batch.n_candidates), float("-inf"), dtype=torch.float64)
     for b, (kind, idx) in enumerate(batch.where):
         if kind == "next":
@@ -71,13 +89,29 @@ def neg_accuracy(scores: torch.Tensor, labels: torch.Tensor) -> float:
     return -(scores.argmax(dim=1) == labels).double().mean().item()
 
 
-OBJECTIVES: dict[str, Callable[[torch.Tensor, torch.Tensor], float]] = {"ce": ce, "accuracy": neg_accuracy}
+Objective = Callable[[EngineOutputs], float]
+OBJECTIVES: dict[str, Objective] = {
+    "ce": lambda o: ce(o.scores, o.labels),
+    "accuracy": lambda o: neg_accuracy(o.scores, o.labels),
+}
 
 
-def get_objective(name: str) -> Callable[[torch.Tensor, torch.Tensor], float]:
-    if name not in OBJECTIVES:
-        raise ValueError(f"unknown objective {name!r}: choose one of {sorted(OBJECTIVES)}")
-    return OBJECTIVES[name]
+def get_objective(name: str) -> Objective:
+    """A built-in objective, or `module:function` — a callable taking EngineOutputs, returning a float."""
+    if name in OBJECTIVES:
+        return OBJECTIVES[name]
+    if ":" in name:
+        import importlib
+
+        mod, _, fn = name.partition(":")
+        try:
+            obj = getattr(importlib.import_module(mod), fn)
+        except (ImportError, AttributeError) as e:
+            raise ValueError(f"objective {name!r} cannot be loaded: {e}") from None
+        if not callable(obj):
+            raise ValueError(f"objective {name!r} is not callable")
+        return obj
+    raise ValueError(f"unknown objective {name!r}: choose one of {sorted(OBJECTIVES)} or module:function")
 
 
 def evaluate(backend: Backend, examples: Sequence[Example], single_token_labels: bool = True,

@@ -129,7 +129,7 @@ def train(cfg: TrainConfig) -> dict:
         for step in bar:
             ex = [data["train"][i] for i in next(order)]
             enc = objectives.encode(ex, backend.tokenizer, spec.single_token_labels)
-            loss = lambda: objective(objectives.candidate_scores(backend, enc), enc.labels)  # noqa: E731
+            loss = lambda: objective(objectives.run_batch(backend, ex, enc))  # noqa: E731
             seeds = [seed_rng.getrandbits(32) for _ in range(cfg.n_queries)]
             t0 = time.perf_counter()
             rec = mezo_step(pieces, loss, seeds, mezo_cfg, step, backend.changed)

@@ -26,7 +26,10 @@ def _train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--n-queries", type=int, default=1, help="n-SPSA: seeds per step")
     p.add_argument("--trainable", default=None, help="regex over HF parameter names (default: all)")
     p.add_argument("--data-dir", default=None, help="task data root (default: shared/data)")
+    p.add_argument("--n-train", type=int, default=1000, help="with --k-shot 0")
+    p.add_argument("--n-dev", type=int, default=500, help="with --k-shot 0")
     p.add_argument("--n-test", type=int, default=1000)
+    p.add_argument("--keep", default="best", help="best (dev) step or last step as DIR/model")
     p.add_argument("--out", required=True)
     p.add_argument("--overwrite", action="store_true")
 

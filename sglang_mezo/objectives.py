@@ -5,6 +5,8 @@ example and the candidates' next-token log-probs; otherwise one request per cand
 log-prob of its tokens (MeZO large_models' train_as_classification).
   ce        cross-entropy over candidates (the default)
   accuracy  −accuracy of the argmax candidate (MeZO medium_models' optimize_acc); moves in steps of 1/B
+  lm        teacher-forced NLL of the correct answer's tokens only (MeZO's only_train_option)
+  module:function   any callable taking EngineOutputs and returning a float
 """
 from __future__ import annotations
 
@@ -89,10 +91,16 @@ def neg_accuracy(scores: torch.Tensor, labels: torch.Tensor) -> float:
     return -(scores.argmax(dim=1) == labels).double().mean().item()
 
 
+def answer_nll(scores: torch.Tensor, labels: torch.Tensor) -> float:
+    """Mean over examples of −(mean log-prob of the correct answer's tokens)."""
+    return -scores.gather(1, labels[:, None]).mean().item()
+
+
 Objective = Callable[[EngineOutputs], float]
 OBJECTIVES: dict[str, Objective] = {
     "ce": lambda o: ce(o.scores, o.labels),
     "accuracy": lambda o: neg_accuracy(o.scores, o.labels),
+    "lm": lambda o: answer_nll(o.scores, o.labels),
 }
 
 

@@ -3,7 +3,8 @@
     DIR/config.json       the resolved configuration
     DIR/trajectory.jsonl  header + one line per step (replayable checkpoint)
     DIR/metrics.jsonl     per-step loss/time and periodic dev/test accuracy
-    DIR/model/            HF safetensors + config + tokenizer of the final weights
+    DIR/model/            HF safetensors + config + tokenizer of the best-dev-step weights
+                          (= `sglang-mezo replay --upto BEST_STEP`; the summary names the step)
     DIR/curves.png        loss and accuracy curves
 """
 from __future__ import annotations
@@ -18,7 +19,7 @@ from . import objectives, tasks
 from .backends import BACKENDS, BackendError, make_backend, select_trainable
 from .backends.base import hf_dtype
 from .export import save_model
-from .mezo import MeZOConfig, mezo_step
+from .mezo import MeZOConfig, mezo_step, replay_step
 from .models import resolve_model
 from .trajectory import TrajectoryWriter
 
@@ -51,6 +52,7 @@ class TrainConfig:
     trainable: str | None = None
     data_dir: str | None = None
     eval_batch_size: int = 64
+    keep: str = "best"             # "best" dev step (MeZO's load_best_model_at_end) or "last"
     overwrite: bool = False
     progress: bool = True
 
@@ -87,6 +89,8 @@ def train(cfg: TrainConfig) -> dict:
     if cfg.backend not in BACKENDS:
         raise BackendError(f"unknown backend {cfg.backend!r}: choose one of {BACKENDS}")
     objective = objectives.get_objective(cfg.objective)
+    if cfg.keep not in ("best", "last"):
+        raise ValueError(f"--keep must be 'best' or 'last', got {cfg.keep!r}")
     hf_dtype(cfg.dtype)
     out = Path(cfg.out)
     _check_out(out, cfg.overwrite)
@@ -116,11 +120,20 @@ def train(cfg: TrainConfig) -> dict:
         metrics.flush()
 
     history = {"step": [], "loss": [], "eval_step": [], "dev_acc": []}
-    try:
+    records = []
+    best = {"step": 0, "accuracy": -1.0}
+
+    def dev_eval(step):
         dev = evaluate("dev")
-        log({"step": 0, "split": "dev", **dev})
-        history["eval_step"].append(0)
+        log({"step": step, "split": "dev", **dev})
+        history["eval_step"].append(step)
         history["dev_acc"].append(dev["accuracy"])
+        if dev["accuracy"] > best["accuracy"]:  # first best wins, as HF Trainer's load_best_model_at_end
+            best.update(step=step, accuracy=dev["accuracy"])
+        return dev
+
+    try:
+        dev_eval(0)
         seed_rng = random.Random(cfg.seed)
         order = batches(len(data["train"]), cfg.batch_size, cfg.seed)
         from tqdm import tqdm
@@ -135,29 +148,33 @@ def train(cfg: TrainConfig) -> dict:
             rec = mezo_step(pieces, loss, seeds, mezo_cfg, step, backend.changed)
             dt = time.perf_counter() - t0
             traj.append(rec)
+            records.append(rec)
             log({"step": step, "loss": rec.loss, "grad": rec.grads, "time_s": dt})
             history["step"].append(step)
             history["loss"].append(rec.loss)
             bar.set_postfix(loss=f"{rec.loss:.4f}", s_per_step=f"{dt:.2f}")
             if cfg.eval_every and step % cfg.eval_every == 0 and step != cfg.steps:
-                dev = evaluate("dev")
-                log({"step": step, "split": "dev", **dev})
-                history["eval_step"].append(step)
-                history["dev_acc"].append(dev["accuracy"])
-        final_dev = evaluate("dev")
-        log({"step": cfg.steps, "split": "dev", **final_dev})
-        history["eval_step"].append(cfg.steps)
-        history["dev_acc"].append(final_dev["accuracy"])
+                dev_eval(step)
+        final_dev = dev_eval(cfg.steps) if cfg.steps else {"accuracy": best["accuracy"]}
+        if cfg.keep == "last":
+            best.update(step=cfg.steps, accuracy=final_dev["accuracy"])
+        if best["step"] != cfg.steps:
+            # Keep the best dev step (MeZO's load_best_model_at_end) without a second copy of the
+            # weights: base weights back in place, then replay the trajectory up to that step.
+            backend.load_base()
+            for rec in records[: best["step"]]:
+                replay_step(pieces, rec, backend.changed)
         test = evaluate("test")
-        log({"step": cfg.steps, "split": "test", **test})
+        log({"step": best["step"], "split": "test", "best_step": best["step"], **test})
     finally:
         traj.close()
         metrics.close()
     save_model(model_path, backend.hf_state_dict(), hf_dtype(cfg.dtype), out / "model")
     plot_curves(history, out / "curves.png", title=f"{spec.name} · {cfg.objective} · {cfg.backend}")
     backend.close()
-    return {"dev_accuracy": final_dev["accuracy"], "test_accuracy": test["accuracy"],
-            "zero_shot_dev_accuracy": history["dev_acc"][0], "steps": cfg.steps, "out": str(out)}
+    return {"zero_shot_dev_accuracy": history["dev_acc"][0], "final_dev_accuracy": final_dev["accuracy"],
+            "best_step": best["step"], "best_dev_accuracy": best["accuracy"], "test_accuracy": test["accuracy"],
+            "steps": cfg.steps, "out": str(out)}
 
 
 def plot_curves(history: dict, path: Path, title: str = "") -> None:

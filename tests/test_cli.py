@@ -8,7 +8,7 @@ from safetensors.torch import load_file
 
 from conftest import cli, last_json
 
-TRAIN = ["train", "--steps", "4", "--batch-size", "8", "--lr", "1e-3", "--eps", "1e-2", "--n-test", "40",
+TRAIN = ["train", "--keep", "last", "--steps", "4", "--batch-size", "8", "--lr", "1e-3", "--eps", "1e-2", "--n-test", "40",
          "--eval-every", "2", "--seed", "5"]
 
 
@@ -59,6 +59,7 @@ def test_trained_model_served_by_sglang_eval(run_dir):
     res = last_json(cli("eval", "--model", str(run_dir / "model"), "--task", "sst2", "--split", "test",
                         "--limit", "40").stdout)
     final_test = [json.loads(l) for l in (run_dir / "metrics.jsonl").read_text().splitlines()][-1]
+    assert final_test["split"] == "test" and final_test["best_step"] == 4  # --keep last
     assert res["n"] == 40 and res["accuracy"] == pytest.approx(final_test["accuracy"])
 
 

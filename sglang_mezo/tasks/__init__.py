@@ -3,19 +3,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from .builtin import (BOOLQ, BUILTIN, CB, COPA, MNLI, MULTIRC, RTE, SNLI, SST2, WIC,  # noqa: F401
+                      WSC)
 from .spec import (Example, TaskError, TaskSpec, default_data_dir, load_split, read_rows, sample_k_shot,
                    sample_n)
 
-# MeZO large_models/templates.py SST2Template: "<sentence> It was" -> " terrible" / " great".
-# Files: the LM-BFF layout MeZO samples from (train 6,920 sentences; its dev.tsv, 872, is the test set).
-SST2 = TaskSpec(
-    name="sst2",
-    files={"train": "SST-2/lmbff_original/train.tsv", "test": "SST-2/lmbff_original/dev.tsv"},
-    template="{sentence} It was",
-    label_words={"0": " terrible", "1": " great"},
-)
-
-TASKS: dict[str, TaskSpec] = {"sst2": SST2}
+TASKS: dict[str, TaskSpec] = dict(BUILTIN)
 
 
 def get_task(name_or_path: str) -> TaskSpec:
@@ -31,19 +24,32 @@ def get_task(name_or_path: str) -> TaskSpec:
 def splits(spec: TaskSpec, *, k_shot: int | None, seed: int, n_train: int = 1000, n_dev: int = 500,
            n_test: int = 1000, data_dir=None) -> dict[str, list[Example]]:
     """MeZO's protocols: k per class for train and again for dev (RoBERTa setting), else 1,000 train /
-    500 dev from the train file and up to 1,000 test (OPT setting)."""
+    500 dev (OPT setting), and up to 1,000 test. Dev comes from the task's dev file where it has one
+    (FewGLUE's dev32), else from train examples not drawn for train. A split too small for the request
+    raises TaskError naming the task and split: data is never invented or silently cut short."""
     train_all = load_split(spec, "train", data_dir)
     test_all = load_split(spec, "test", data_dir)
+    dev_all = load_split(spec, "dev", data_dir) if "dev" in spec.files else None
+
+    def draw(split, pool, *args, exclude=frozenset()):
+        sampler = sample_k_shot if k_shot else sample_n
+        try:
+            return sampler(pool, *args, exclude=exclude)
+        except TaskError as e:
+            raise TaskError(f"task {spec.name!r}, {split} split ({len(pool) - len(exclude)} examples): {e}"
+                            ) from None
+
     if k_shot:
-        train, used = sample_k_shot(train_all, k_shot, seed)
-        dev, _ = sample_k_shot(train_all, k_shot, seed + 1, exclude=used)
-        test = test_all[:n_test] if len(test_all) > n_test else test_all
+        train, used = draw("train", train_all, k_shot, seed)
+        dev = draw("dev", dev_all, k_shot, seed + 1)[0] if dev_all else \
+            draw("train (for dev)", train_all, k_shot, seed + 1, exclude=used)[0]
     else:
-        train, used = sample_n(train_all, min(n_train, len(train_all)), seed)
-        dev, _ = sample_n(train_all, min(n_dev, len(train_all) - len(used)), seed + 1, exclude=used)
-        test = sample_n(test_all, n_test, seed)[0] if len(test_all) > n_test else test_all
+        train, used = draw("train", train_all, n_train, seed)
+        dev = draw("dev", dev_all, n_dev, seed + 1)[0] if dev_all else \
+            draw("train (for dev)", train_all, n_dev, seed + 1, exclude=used)[0]
+    test = sample_n(test_all, n_test, seed)[0] if len(test_all) > n_test else test_all
     return {"train": train, "dev": dev, "test": test}
 
 
-__all__ = ["Example", "TaskError", "TaskSpec", "TASKS", "get_task", "load_split", "read_rows",
+__all__ = ["Example", "TaskError", "TaskSpec", "TASKS", "SST2", "get_task", "load_split", "read_rows",
            "sample_k_shot", "sample_n", "splits", "default_data_dir"]

@@ -32,6 +32,12 @@ class TaskSpec:
     single_token_labels: bool = True        # verbaliser words must be one token each (MeZO/LM-BFF)
     build: Callable[[dict], Example] | None = None    # custom row -> Example (multi-choice tasks)
     tsv_columns: list[str] | None = None    # for header-less TSV files
+    # file row -> the rows the template sees: derived fields (WSC's nested spans), or several examples
+    # from one row (MultiRC: a paragraph holds many question/answer pairs)
+    expand: Callable[[dict], list[dict]] | None = None
+    # (split, examples of that split's file) -> the part that belongs to the split, for tasks whose
+    # train and test come out of one file (MNLI/SNLI here)
+    select: Callable[[str, list[Example]], list[Example]] | None = None
 
     def __post_init__(self):
         if self.build is None:
@@ -41,12 +47,24 @@ class TaskSpec:
             if len(self.label_words) < 2:
                 raise TaskError(f"task {self.name!r}: needs at least two label words, got {self.label_words}")
 
+    def rows(self, row: dict, where: str) -> list[dict]:
+        if self.expand is None:
+            return [row]
+        try:
+            return self.expand(row)
+        except KeyError as e:
+            raise TaskError(f"{where}: missing field {e} for task {self.name!r}") from None
+        except (TypeError, AttributeError) as e:
+            raise TaskError(f"{where}: malformed row for task {self.name!r} ({e})") from None
+
     def example(self, row: dict, where: str) -> Example:
         if self.build is not None:
             try:
                 return self.build(row)
             except KeyError as e:
                 raise TaskError(f"{where}: missing field {e} for task {self.name!r}") from None
+            except (ValueError, TypeError) as e:  # TaskError included: add where it happened
+                raise TaskError(f"{where}: {e} (task {self.name!r})") from None
         try:
             prompt = self.template.format(**row)
         except KeyError as e:
@@ -109,8 +127,13 @@ def load_split(spec: TaskSpec, split: str, data_dir: str | Path | None = None) -
     path = Path(spec.files[split])
     if not path.is_absolute():
         path = Path(data_dir or default_data_dir()) / path
-    rows = read_rows(path, spec.tsv_columns)
-    return [spec.example(r, f"{path}:{i + 1}") for i, r in enumerate(rows)]
+    examples = []
+    for i, row in enumerate(read_rows(path, spec.tsv_columns)):
+        where = f"{path}:{i + 1}"
+        examples += [spec.example(r, where) for r in spec.rows(row, where)]
+    if not examples:
+        raise TaskError(f"{path}: no examples for task {spec.name!r}")
+    return spec.select(split, examples) if spec.select else examples
 
 
 def sample_k_shot(examples: list[Example], k: int, seed: int, exclude: set[int] = frozenset()

@@ -29,6 +29,8 @@ def _train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--n-train", type=int, default=1000, help="with --k-shot 0")
     p.add_argument("--n-dev", type=int, default=500, help="with --k-shot 0")
     p.add_argument("--n-test", type=int, default=1000)
+    p.add_argument("--perturb", default="layerwise",
+                   help="layerwise (exact, default) | inplace (MeZO's +eps/-2eps/+eps)")
     p.add_argument("--keep", default="best", help="best (dev) step or last step as DIR/model")
     p.add_argument("--out", required=True)
     p.add_argument("--overwrite", action="store_true")
@@ -44,7 +46,9 @@ def main(argv: list[str] | None = None) -> int:
     e.add_argument("--split", default="test")
     e.add_argument("--backend", default="sglang")
     e.add_argument("--dtype", default="float32")
-    e.add_argument("--limit", type=int, default=None, help="first N examples only")
+    e.add_argument("--limit", type=int, default=None,
+                   help="N examples drawn with --seed (the same test subset `train --n-test N --seed S` uses)")
+    e.add_argument("--seed", type=int, default=42)
     e.add_argument("--data-dir", default=None)
     e.add_argument("--batch-size", type=int, default=64)
     r = sub.add_parser("replay", help="rebuild trained weights from base model + trajectory")
@@ -77,7 +81,7 @@ def evaluate_cmd(args) -> dict:
     from .models import resolve_model
 
     spec = tasks.get_task(args.task)
-    examples = tasks.load_split(spec, args.split, args.data_dir)[: args.limit]
+    examples = tasks.subsample(tasks.load_split(spec, args.split, args.data_dir), args.limit, args.seed)
     backend = make_backend(args.backend, resolve_model(args.model), args.dtype)
     res = objectives.evaluate(backend, examples, spec.single_token_labels, args.batch_size)
     return {"task": spec.name, "split": args.split, "backend": args.backend, **res}

@@ -2,15 +2,15 @@
 
     for each step:
         sample seed s                                  (z never stored: regenerated from s)
-        θ ← θ + ε·z(s);   L+ = L(θ; B)
-        θ ← θ − 2ε·z(s);  L− = L(θ; B)
-        θ ← θ + ε·z(s)                                 (restore)
-        g = (L+ − L−) / 2ε                             (projected gradient, a scalar)
+        L+ = L(θ + ε·z(s); B)
+        L− = L(θ − ε·z(s); B)                          (θ itself comes back unchanged)
+        g  = (L+ − L−) / 2ε                            (projected gradient, a scalar)
         θ ← θ − η·(g·z(s) + λ·θ)                       (λ: weight decay, not on biases/norms)
 
 Also: one-point SPSA (g = (L+ − L0)/ε) and n-SPSA (n seeds per step, gradients averaged; memory is
-still the seeds). The model is touched only through `noise.sweep`, so this works on any backend, and
-replaying a trajectory is this same function fed the recorded losses instead of forward passes.
+still the seeds). How θ ± εz is visited — exactly, layer by layer, or MeZO's in-place +ε/−2ε/+ε — is
+the `weights` object's business (perturb.py). Replaying a trajectory is this same function fed the
+recorded losses instead of forward passes.
 """
 from __future__ import annotations
 
@@ -18,11 +18,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Callable
 
-from .noise import Add, Update, sweep
-
-
-class ObjectiveError(ArithmeticError):
-    """The objective returned NaN/inf; the weights were restored before this was raised."""
+from .perturb import ObjectiveError  # noqa: F401  (re-exported: part of the step's contract)
 
 
 @dataclass
@@ -36,7 +32,7 @@ class MeZOConfig:
     def __post_init__(self):
         for k in ("lr", "eps", "weight_decay"):
             v = getattr(self, k)
-            if not isinstance(v, (int, float)) or not math.isfinite(v):
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
                 raise ValueError(f"{k} must be a finite number, got {v!r}")
         if self.eps <= 0:
             raise ValueError(f"eps must be > 0, got {self.eps}")
@@ -44,7 +40,7 @@ class MeZOConfig:
             raise ValueError("lr and weight_decay must be >= 0")
         if self.estimator not in ("two_point", "one_point"):
             raise ValueError(f"estimator must be 'two_point' or 'one_point', got {self.estimator!r}")
-        if not isinstance(self.n_queries, int) or self.n_queries < 1:
+        if isinstance(self.n_queries, bool) or not isinstance(self.n_queries, int) or self.n_queries < 1:
             raise ValueError(f"n_queries must be an integer >= 1, got {self.n_queries!r}")
 
 
@@ -66,69 +62,45 @@ class StepRecord:
     def loss(self) -> float:
         return sum(self.loss_plus + self.loss_minus) / (len(self.loss_plus) + len(self.loss_minus))
 
+    def config(self) -> MeZOConfig:
+        return MeZOConfig(lr=self.lr, eps=self.eps, weight_decay=self.weight_decay,
+                          estimator=self.estimator, n_queries=len(self.seeds))
 
-def mezo_step(pieces, loss: Callable[[], float], seeds: list[int], cfg: MeZOConfig, step: int = 0,
-              on_change: Callable[[], None] = lambda: None) -> StepRecord:
-    """One MeZO step over `pieces` (engine tensor views); `loss()` runs a forward on the current weights."""
+
+def mezo_step(weights, loss: Callable[[], float], seeds: list[int], cfg: MeZOConfig, step: int = 0
+              ) -> StepRecord:
+    """One MeZO step; `loss()` runs a forward pass on whatever weights the engine holds right now."""
     if len(seeds) != cfg.n_queries:
         raise ValueError(f"{cfg.n_queries} queries need {cfg.n_queries} seeds, got {len(seeds)}")
     eps, n = cfg.eps, cfg.n_queries
-
-    def perturb(seed, *ops):
-        sweep(pieces, seed, ops)
-        on_change()
-
+    base = weights.losses(seeds[0], [0.0], loss)[0] if cfg.estimator == "one_point" else None
     grads, lp, lm = [], [], []
-    base = _checked(loss(), pieces, None, 0.0, perturb) if cfg.estimator == "one_point" else None
-    for i, s in enumerate(seeds):
-        last = i == n - 1
-        perturb(s, Add(eps))                                          # θ + εz
-        l_plus = _checked(loss(), pieces, s, eps, perturb)
+    for s in seeds:
         if cfg.estimator == "two_point":
-            perturb(s, Add(-2 * eps))                                 # θ − εz
-            l_minus = _checked(loss(), pieces, s, -eps, perturb)
+            l_plus, l_minus = weights.losses(s, [eps, -eps], loss)       # L(θ+εz), L(θ−εz)
             g = (l_plus - l_minus) / (2 * eps)
-            back = eps                                                # restore: + εz
         else:
-            l_minus = base
+            (l_plus,), l_minus = weights.losses(s, [eps], loss), base    # L(θ+εz), L(θ)
             g = (l_plus - base) / eps
-            back = -eps                                               # restore: − εz
         grads.append(g)
         lp.append(l_plus)
         lm.append(l_minus)
-        if n == 1 and last:  # fuse restore and update: one noise generation instead of two
-            perturb(s, Add(back), Update(cfg.lr * g, cfg.lr * cfg.weight_decay))
-        else:
-            perturb(s, Add(back))
-    if n > 1:
-        for i, (s, g) in enumerate(zip(seeds, grads)):                # θ ← θ − η(ḡ·z + λθ)
-            perturb(s, Update(cfg.lr * g / n, cfg.lr * cfg.weight_decay if i == 0 else 0.0))
+    for i, (s, g) in enumerate(zip(seeds, grads)):                        # θ ← θ − η(ḡ·z + λθ)
+        weights.update(s, cfg.lr * g / n, cfg.lr * cfg.weight_decay if i == 0 else 0.0)
+    weights.flush()
     return StepRecord(step, list(seeds), grads, cfg.lr, eps, cfg.weight_decay, cfg.estimator, lp, lm)
 
 
-def _checked(value: float, pieces, seed, offset, perturb) -> float:
-    value = float(value)
-    if not math.isfinite(value):
-        if seed is not None:
-            perturb(seed, Add(-offset))  # undo the perturbation before giving up
-        raise ObjectiveError(f"objective returned {value}: step aborted, weights restored")
-    return value
+def replay_step(weights, record: StepRecord) -> None:
+    """Redo a recorded step's weight arithmetic exactly, with the recorded losses instead of forwards.
 
-
-def replay_step(pieces, record: StepRecord, on_change: Callable[[], None] = lambda: None) -> None:
-    """Redo a recorded step's weight arithmetic exactly, with the recorded losses instead of forwards."""
-    cfg = MeZOConfig(lr=record.lr, eps=record.eps, weight_decay=record.weight_decay,
-                     estimator=record.estimator, n_queries=len(record.seeds))
-    losses = []
-    if cfg.estimator == "one_point":
-        losses.append(record.loss_minus[0])
-        for lp in record.loss_plus:
-            losses.append(lp)
+    `weights` must be built with replay=True (layer-wise perturbation then leaves nothing to redo)."""
+    if record.estimator == "two_point":
+        seq = [v for pair in zip(record.loss_plus, record.loss_minus) for v in pair]
     else:
-        for lp, lm in zip(record.loss_plus, record.loss_minus):
-            losses += [lp, lm]
-    it = iter(losses)
-    redone = mezo_step(pieces, lambda: next(it), record.seeds, cfg, record.step, on_change)
+        seq = [record.loss_minus[0]] + list(record.loss_plus)
+    losses = iter(seq)
+    redone = mezo_step(weights, lambda: next(losses), record.seeds, record.config(), record.step)
     if redone.grads != record.grads:
         raise ValueError(f"step {record.step}: recorded gradients {record.grads} do not follow from its "
                          f"losses ({redone.grads}); the trajectory was edited or corrupted")

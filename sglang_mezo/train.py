@@ -53,6 +53,7 @@ class TrainConfig:
     data_dir: str | None = None
     eval_batch_size: int = 64
     keep: str = "best"             # "best" dev step (MeZO's load_best_model_at_end) or "last"
+    perturb: str = "layerwise"     # exact layer-wise ±εz, or MeZO's in-place +ε/−2ε/+ε ("inplace")
     overwrite: bool = False
     progress: bool = True
 
@@ -100,6 +101,7 @@ def train(cfg: TrainConfig) -> dict:
                         n_test=cfg.n_test, data_dir=cfg.data_dir)
     backend = make_backend(cfg.backend, model_path, cfg.dtype)
     pieces = select_trainable(backend.pieces, cfg.trainable)
+    weights = backend.weights(pieces, cfg.perturb)
     objectives.encode(data["train"][:1], backend.tokenizer, spec.single_token_labels)  # label words ok?
 
     def evaluate(split):
@@ -112,7 +114,8 @@ def train(cfg: TrainConfig) -> dict:
     names = list(dict.fromkeys(p.hf_name for p in pieces))
     traj = TrajectoryWriter(out / "trajectory.jsonl", {
         "base_model": model_path, "dtype": cfg.dtype, "trainable": cfg.trainable,
-        "trainable_names": names, "noise": "splitmix64-quantile/1", "backend": cfg.backend})
+        "trainable_names": names, "noise": "splitmix64-quantile/1", "backend": cfg.backend,
+        "perturb": cfg.perturb})
     metrics = open(out / "metrics.jsonl", "w", encoding="utf-8")
 
     def log(obj):
@@ -145,7 +148,7 @@ def train(cfg: TrainConfig) -> dict:
             loss = lambda: objective(objectives.run_batch(backend, ex, enc))  # noqa: E731
             seeds = [seed_rng.getrandbits(32) for _ in range(cfg.n_queries)]
             t0 = time.perf_counter()
-            rec = mezo_step(pieces, loss, seeds, mezo_cfg, step, backend.changed)
+            rec = mezo_step(weights, loss, seeds, mezo_cfg, step)
             dt = time.perf_counter() - t0
             traj.append(rec)
             records.append(rec)
@@ -162,8 +165,9 @@ def train(cfg: TrainConfig) -> dict:
             # Keep the best dev step (MeZO's load_best_model_at_end) without a second copy of the
             # weights: base weights back in place, then replay the trajectory up to that step.
             backend.load_base()
+            redo = backend.weights(pieces, cfg.perturb, replay=True)
             for rec in records[: best["step"]]:
-                replay_step(pieces, rec, backend.changed)
+                replay_step(redo, rec)
         test = evaluate("test")
         log({"step": best["step"], "split": "test", "best_step": best["step"], **test})
     finally:

@@ -79,9 +79,12 @@ def replay(base_model: str, trajectory: str | Path, upto: int | None = None) -> 
     from .backends.base import hf_dtype
 
     header, records = read(trajectory)
+    from .perturb import make
+
     pieces = checkpoint_pieces(base_model, header["trainable_names"], hf_dtype(header["dtype"]))
+    weights = make(header.get("perturb", "inplace"), pieces, replay=True)
     for rec in records:
         if upto is not None and rec.step > upto:
             break
-        replay_step(pieces, rec)
+        replay_step(weights, rec)
     return {p.hf_name: p.view for p in pieces}

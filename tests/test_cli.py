@@ -57,7 +57,7 @@ def test_same_seed_same_trajectory(run_dir, tiny_model, tmp_path):
 
 def test_trained_model_served_by_sglang_eval(run_dir):
     res = last_json(cli("eval", "--model", str(run_dir / "model"), "--task", "sst2", "--split", "test",
-                        "--limit", "40").stdout)
+                        "--limit", "40", "--seed", "5").stdout)
     final_test = [json.loads(l) for l in (run_dir / "metrics.jsonl").read_text().splitlines()][-1]
     assert final_test["split"] == "test" and final_test["best_step"] == 4  # --keep last
     assert res["n"] == 40 and res["accuracy"] == pytest.approx(final_test["accuracy"])

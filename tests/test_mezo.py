@@ -24,17 +24,19 @@ def _weights(backend):
     return [p.view.clone() for p in backend.pieces]
 
 
+@pytest.mark.parametrize("mode", ["layerwise", "inplace"])
 @pytest.mark.parametrize("cfg", [MeZOConfig(lr=1e-3, eps=1e-2, weight_decay=0.1),
                                  MeZOConfig(lr=1e-3, eps=1e-2, estimator="one_point"),
                                  MeZOConfig(lr=1e-3, eps=1e-2, n_queries=3)],
                          ids=["two_point", "one_point", "n_spsa"])
-def test_steps_are_deterministic_and_replay_bit_identically(sglang_backend, cfg):
+def test_steps_are_deterministic_and_replay_bit_identically(sglang_backend, cfg, mode):
     b = sglang_backend
     enc = _batch(b)
     runs = []
     for _ in range(2):
         b.load_base()
-        recs = [mezo_step(b.pieces, _loss(b, enc), [100 * s + q for q in range(cfg.n_queries)], cfg, s)
+        w = b.weights(b.pieces, mode)
+        recs = [mezo_step(w, _loss(b, enc), [100 * s + q for q in range(cfg.n_queries)], cfg, s)
                 for s in range(1, 4)]
         runs.append((recs, _weights(b)))
     (r1, w1), (r2, w2) = runs
@@ -42,8 +44,9 @@ def test_steps_are_deterministic_and_replay_bit_identically(sglang_backend, cfg)
     b.load_base()
     base = _weights(b)
     assert any(not torch.equal(x, y) for x, y in zip(w1, base)), "training changed nothing"
+    redo = b.weights(b.pieces, mode, replay=True)
     for rec in r1:  # replay: same arithmetic from the recorded losses, no forward passes
-        replay_step(b.pieces, rec)
+        replay_step(redo, rec)
     assert all(torch.equal(x, y) for x, y in zip(w1, _weights(b)))
     rec = r1[0]
     if cfg.estimator == "two_point":
@@ -60,21 +63,55 @@ def test_projected_gradient_points_downhill(sglang_backend):
     enc = _batch(b)
     loss = _loss(b, enc)
     before = loss()
-    rec = mezo_step(b.pieces, loss, [7], MeZOConfig(lr=2e-4, eps=1e-3))
+    rec = mezo_step(b.weights(b.pieces), loss, [7], MeZOConfig(lr=2e-4, eps=1e-3))
     assert abs(rec.grads[0]) > 0
     assert loss() < before
     b.load_base()
 
 
-def test_nan_objective_restores_weights_and_raises(sglang_backend):
+@pytest.mark.parametrize("mode", ["layerwise", "inplace"])
+def test_nan_objective_restores_weights_and_raises(sglang_backend, mode):
     b = sglang_backend
     b.load_base()
     base = _weights(b)
-    vals = iter([0.5, float("nan")])
+    enc = _batch(b)
+    calls = []
+
+    def loss():  # a real forward, then NaN on the second evaluation (L−)
+        calls.append(1)
+        v = _loss(b, enc)()
+        return float("nan") if len(calls) == 2 else v
+
     with pytest.raises(ObjectiveError, match="nan"):
-        mezo_step(b.pieces, lambda: next(vals), [3], MeZOConfig(lr=1e-3, eps=1e-2))
-    for x, y in zip(base, _weights(b)):  # +ε, −2ε, +ε: back to θ up to float rounding
-        assert torch.allclose(x, y, atol=1e-6)
+        mezo_step(b.weights(b.pieces, mode), loss, [3], MeZOConfig(lr=1e-3, eps=1e-2))
+    for x, y in zip(base, _weights(b)):
+        if mode == "layerwise":
+            assert torch.equal(x, y)  # exact
+        else:  # +ε, −2ε, +ε: back to θ up to float rounding
+            assert torch.allclose(x, y, atol=1e-6)
+    b.load_base()
+
+
+def test_layerwise_is_exact_and_sees_the_same_perturbed_model(sglang_backend):
+    """Hooks perturb every layer: L+ equals MeZO's in-place L+ bit for bit; with lr = 0 the weights come
+    back bit-identical after many steps (in-place drifts)."""
+    b = sglang_backend
+    enc = _batch(b)
+    cfg = MeZOConfig(lr=0.0, eps=1e-2)
+    out = {}
+    for mode in ("layerwise", "inplace"):
+        b.load_base()
+        base = _weights(b)
+        w = b.weights(b.pieces, mode)
+        recs = [mezo_step(w, _loss(b, enc), [s], cfg, s) for s in range(1, 9)]
+        changed = sum(int((x != y).sum()) for x, y in zip(base, _weights(b)))
+        out[mode] = (recs, changed)
+    lw, ip = out["layerwise"][0], out["inplace"][0]
+    assert lw[0].loss_plus == ip[0].loss_plus  # same θ+εz, bit for bit (later steps: in-place drifted)
+    assert [r.loss_minus[0] for r in lw] == pytest.approx([r.loss_minus[0] for r in ip], abs=1e-5)
+    assert all(r.loss_plus != r.loss_minus for r in lw)
+    assert out["layerwise"][1] == 0
+    assert out["inplace"][1] > 0
     b.load_base()
 
 

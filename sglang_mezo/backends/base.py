@@ -67,6 +67,17 @@ class Backend:
         """The current weights under Hugging Face names and shapes (copies; for export and checks)."""
         raise NotImplementedError
 
+    @property
+    def layers(self) -> list[torch.nn.Module] | None:
+        """The decoder layers, in order, for exact layer-wise perturbation (None: not found)."""
+        return decoder_layers(self.model)
+
+    def weights(self, pieces: list[Piece], mode: str = "layerwise", replay: bool = False):
+        """The step's view of `pieces`: how θ ± εz is visited (perturb.py) and how updates land."""
+        from ..perturb import make
+
+        return make(mode, pieces, self.layers, self.changed, replay)
+
     def load_base(self) -> None:
         """Put the base checkpoint's weights back, in place."""
         from .layout import load_base
@@ -82,6 +93,16 @@ class Backend:
 
     def __exit__(self, *exc):
         self.close()
+
+
+def decoder_layers(model: torch.nn.Module) -> list[torch.nn.Module] | None:
+    """The ModuleList of decoder layers (length config.num_hidden_layers), for Llama/Qwen/Mistral-style
+    models in SGLang and transformers alike."""
+    n = getattr(getattr(model, "config", None), "num_hidden_layers", None)
+    for _, m in model.named_modules():
+        if isinstance(m, torch.nn.ModuleList) and len(m) and (n is None or len(m) == n):
+            return list(m)
+    return None
 
 
 def select_trainable(pieces: list[Piece], pattern: str | None) -> list[Piece]:

@@ -47,9 +47,13 @@ def splits(spec: TaskSpec, *, k_shot: int | None, seed: int, n_train: int = 1000
         train, used = draw("train", train_all, n_train, seed)
         dev = draw("dev", dev_all, n_dev, seed + 1)[0] if dev_all else \
             draw("train (for dev)", train_all, n_dev, seed + 1, exclude=used)[0]
-    test = sample_n(test_all, n_test, seed)[0] if len(test_all) > n_test else test_all
-    return {"train": train, "dev": dev, "test": test}
+    return {"train": train, "dev": dev, "test": subsample(test_all, n_test, seed)}
+
+
+def subsample(examples: list[Example], n: int | None, seed: int) -> list[Example]:
+    """At most n examples: all of them if there are no more, else n drawn with `seed` (MeZO's test set)."""
+    return sample_n(examples, n, seed)[0] if n is not None and len(examples) > n else examples
 
 
 __all__ = ["Example", "TaskError", "TaskSpec", "TASKS", "SST2", "get_task", "load_split", "read_rows",
-           "sample_k_shot", "sample_n", "splits", "default_data_dir"]
+           "sample_k_shot", "sample_n", "splits", "subsample", "default_data_dir"]

@@ -1,0 +1,192 @@
+"""How the step visits θ ± εz. Two strategies behind one small interface (`losses`, `update`):
+
+* `Layerwise` (default, exact): a decoder layer is perturbed just before it runs and copied back from a
+  one-layer scratch buffer right after (forward hooks); weights outside the layers (embeddings, final
+  norm, lm_head — used at both ends when tied) are perturbed for the whole forward and copied back from
+  a scratch of their size. Weights come back bit-identical in every dtype; extra memory is one layer or
+  the largest outside tensor, never a model copy; pointers never change.
+* `InPlace` (MeZO's own): +εz, −2εz, +εz on all weights. Not exact in floating point (measured: ~30 %
+  of bf16 and ~50 % of fp16 elements change per lr = 0 cycle) but needs no hooks; the restore shares one
+  noise generation with the update. Used where a model has no layer list, and to compare.
+
+Both are deterministic, so a trajectory replays bit-identically (`replay=True`: no forward passes).
+"""
+from __future__ import annotations
+
+import math
+from contextlib import contextmanager
+from typing import Callable, Sequence
+
+import torch
+
+from .noise import Add, Update, sweep
+
+
+class ObjectiveError(ArithmeticError):
+    """The objective returned NaN/inf; the weights were restored before this was raised."""
+
+
+def _finite(v) -> float:
+    v = float(v)
+    if not math.isfinite(v):
+        raise ObjectiveError(f"objective returned {v}: step aborted, weights restored")
+    return v
+
+
+class InPlace:
+    name = "inplace"
+
+    def __init__(self, pieces, on_change: Callable[[], None] = lambda: None, replay: bool = False):
+        self.pieces, self.on_change, self._pending = pieces, on_change, None
+
+    def _sweep(self, seed, *ops):
+        sweep(self.pieces, seed, ops)
+        self.on_change()
+
+    def losses(self, seed: int, scales: Sequence[float], loss: Callable[[], float]) -> list[float]:
+        """loss() at θ + s·z for each s; θ is left as it was (restore deferred to fuse with update)."""
+        self.flush()
+        at, out = 0.0, []
+        try:
+            for s in scales:
+                if s != at:
+                    self._sweep(seed, Add(s - at))
+                    at = s
+                out.append(_finite(loss()))
+        except BaseException:
+            if at:
+                self._sweep(seed, Add(-at))
+            raise
+        if at:
+            self._pending = (seed, Add(-at))
+        return out
+
+    def update(self, seed: int, coef: float, decay: float) -> None:
+        """θ ← θ − (coef·z + decay·θ), fused with a pending restore of the same seed."""
+        ops = []
+        if self._pending and self._pending[0] == seed:
+            ops.append(self._pending[1])
+            self._pending = None
+        self.flush()
+        if coef or decay:
+            ops.append(Update(coef, decay))
+        if ops:
+            self._sweep(seed, *ops)
+
+    def flush(self) -> None:
+        if self._pending:
+            seed, op = self._pending
+            self._pending = None
+            self._sweep(seed, op)
+
+
+class Layerwise:
+    name = "layerwise"
+
+    def __init__(self, pieces, layers: Sequence[torch.nn.Module], on_change: Callable[[], None] = lambda: None,
+                 replay: bool = False):
+        self.pieces, self.on_change, self.replay = pieces, on_change, replay
+        owner = {}
+        for i, layer in enumerate(layers):
+            for prm in layer.parameters():
+                owner[prm.untyped_storage().data_ptr()] = i
+        self.layers = list(layers)
+        self.by_layer: list[list] = [[] for _ in layers]
+        self.outside: list = []
+        for p in pieces:
+            i = owner.get(p.view.untyped_storage().data_ptr())
+            (self.outside if i is None else self.by_layer[i]).append(p)
+        self._scratch: dict = {}
+
+    def _buf(self, tag, tensors) -> torch.Tensor:
+        n = sum(t.numel() for t in tensors)
+        dev, dt = tensors[0].device, tensors[0].dtype
+        buf = self._scratch.get((tag, dev, dt))
+        if buf is None or buf.numel() < n:
+            buf = self._scratch[(tag, dev, dt)] = torch.empty(n, dtype=dt, device=dev)
+        return buf
+
+    @staticmethod
+    def _tensors(pieces) -> list[torch.Tensor]:
+        return [p.view for p in pieces]
+
+    @contextmanager
+    def _saved(self, pieces, tag):
+        """Perturbable pieces copied to scratch on entry and copied back (bit-exact) on exit."""
+        ts = self._tensors(pieces)
+        if not ts:
+            yield
+            return
+        groups: dict = {}
+        for t in ts:
+            groups.setdefault(t.dtype, []).append(t)
+        saved = []
+        for dt, group in groups.items():
+            buf, o = self._buf(tag, group), 0
+            for t in group:
+                buf[o: o + t.numel()].view_as(t).copy_(t)
+                saved.append((t, buf, o))
+                o += t.numel()
+        try:
+            yield
+        finally:
+            for t, buf, o in saved:
+                t.copy_(buf[o: o + t.numel()].view_as(t))
+
+    def losses(self, seed: int, scales: Sequence[float], loss: Callable[[], float]) -> list[float]:
+        if self.replay:  # perturbations leave no trace: nothing to redo
+            return [_finite(loss()) for _ in scales]
+        return [self._at(seed, s, loss) for s in scales]
+
+    def _at(self, seed: int, scale: float, loss: Callable[[], float]) -> float:
+        if scale == 0:
+            return _finite(loss())
+        stack = []
+
+        def pre(i):
+            def hook(module, args, kwargs=None):
+                cm = self._saved(self.by_layer[i], "layer")
+                cm.__enter__()
+                stack.append(cm)
+                sweep(self.by_layer[i], seed, [Add(scale)])
+            return hook
+
+        def post(module, args, output):
+            stack.pop().__exit__(None, None, None)
+
+        handles = []
+        for i, layer in enumerate(self.layers):
+            if self.by_layer[i]:
+                handles.append(layer.register_forward_pre_hook(pre(i)))
+                handles.append(layer.register_forward_hook(post))
+        try:
+            with self._saved(self.outside, "outside"):
+                sweep(self.outside, seed, [Add(scale)])
+                self.on_change()
+                try:
+                    return _finite(loss())
+                finally:
+                    while stack:  # a forward that raised mid-layer: put that layer back too
+                        stack.pop().__exit__(None, None, None)
+        finally:
+            for h in handles:
+                h.remove()
+            self.on_change()
+
+    def update(self, seed: int, coef: float, decay: float) -> None:
+        if coef or decay:
+            sweep(self.pieces, seed, [Update(coef, decay)])
+            self.on_change()
+
+    def flush(self) -> None:
+        pass
+
+
+def make(mode: str, pieces, layers=None, on_change=lambda: None, replay: bool = False):
+    if mode == "layerwise":
+        if not layers and not replay:
+            raise ValueError("exact layer-wise perturbation needs the model's decoder layer list")
+        return Layerwise(pieces, layers or [], on_change, replay)
+    if mode == "inplace":
+        return InPlace(pieces, on_change, replay)
+    raise ValueError(f"unknown perturbation mode {mode!r}: choose 'layerwise' or 'inplace'")

@@ -37,8 +37,14 @@ def _train_args(p: argparse.ArgumentParser) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["serve"]:  # every other flag is sglang.launch_server's own
+        from .serve.server import main as serve
+
+        return serve(argv[1:])
     ap = argparse.ArgumentParser(prog="sglang-mezo", description="MeZO fine-tuning inside SGLang")
     sub = ap.add_subparsers(dest="cmd", required=True)
+    sub.add_parser("serve", help="SGLang server (sglang.launch_server flags) with /mezo/* training routes")
     _train_args(sub.add_parser("train", help="fine-tune with MeZO"))
     e = sub.add_parser("eval", help="accuracy of a model on a task split (one JSON line)")
     e.add_argument("--model", default=None)

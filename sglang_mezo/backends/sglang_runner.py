@@ -60,8 +60,21 @@ class SGLangBackend(Backend):
             raise BackendError(f"an SGLang ModelRunner already lives in this process ({_built}); SGLang "
                                "allows one per process: start another process for a second model")
         _built = model_path
-        bench, self.tokenizer = load_model(sa, pa, 0, 0)
-        self.runner = bench.torch_runner
+        bench, tokenizer = load_model(sa, pa, 0, 0)
+        self._attach(bench.torch_runner, tokenizer, model_path, verify_layout, max_total_tokens)
+
+    @classmethod
+    def attach(cls, runner, tokenizer, model_path: str, verify_layout: bool = False) -> "SGLangBackend":
+        """Adapter over a ModelRunner SGLang already built (inside a serving scheduler process).
+
+        Its forwards use the runner's KV pools and clear them: call only while no request holds KV
+        (the serving plugin pauses generation and flushes the cache around every use)."""
+        self = cls.__new__(cls)
+        self._attach(runner, tokenizer, model_path, verify_layout, runner.max_total_num_tokens)
+        return self
+
+    def _attach(self, runner, tokenizer, model_path, verify_layout, max_total_tokens):
+        self.runner, self.tokenizer = runner, tokenizer
         self.model = self.runner.model
         self.model_path = model_path
         self.dtype = next(self.model.parameters()).dtype

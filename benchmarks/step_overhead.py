@@ -1,0 +1,139 @@
+"""One MeZO step vs two plain forward passes of the same batch through the same engine.
+
+    .venv/bin/python benchmarks/step_overhead.py [--quick] [--batch 16] [--repeats 7] [--backend sglang]
+
+A two-point MeZO step is, at best, two forwards. Everything else is overhead, broken down here:
+  noise      the noise sweeps of `sglang_mezo.noise.sweep` over all pieces, as the step runs them:
+             layerwise: +εz, −εz (one full sweep each, layer by layer) and the update sweep;
+             inplace:   +εz, −2εz, then restore and update fused (one sweep with two ops)
+  scratch    layerwise only: each layer (and the outside weights) copied to scratch and back, per forward
+  objective  turning the engine's log-probs into candidate scores and the CE loss, per forward
+  python     the remainder (hooks, dispatch, bookkeeping)
+The step and the two forwards are timed round-robin in one process; the components separately after.
+"""
+from __future__ import annotations
+
+import common  # noqa: F401  (path + cpu shims before sglang)
+
+import torch
+
+from common import (base_parser, interleaved, machine_info, ratio, setup, sst2, table, timeit,
+                    write_result)
+
+
+def main():
+    p = base_parser(__doc__.splitlines()[0])
+    p.add_argument("--batch", type=int, default=16)
+    p.add_argument("--repeats", type=int, default=None, help="timed repeats (default 7; --quick 3)")
+    p.add_argument("--backend", default="sglang", choices=["sglang", "hf"])
+    p.add_argument("--eps", type=float, default=1e-3)
+    p.add_argument("--lr", type=float, default=1e-6, help="nonzero so the update sweep is part of the step")
+    args = p.parse_args()
+    repeats = args.repeats or (3 if args.quick else 7)
+    model_path = setup(args)
+    start_info = machine_info()
+
+    from sglang_mezo import objectives
+    from sglang_mezo.backends import make_backend
+    from sglang_mezo.mezo import MeZOConfig, mezo_step
+    from sglang_mezo.noise import Add, Update, sweep
+
+    backend = make_backend(args.backend, model_path, args.dtype)
+    spec, exs = sst2(args.batch)
+    enc = objectives.encode(exs, backend.tokenizer, spec.single_token_labels)
+    pieces = backend.pieces
+    n_params = sum(p.view.numel() for p in pieces)
+    n_tokens = sum(len(r.ids) for r in enc.requests)
+    cfg = MeZOConfig(lr=args.lr, eps=args.eps)
+
+    def loss():
+        return objectives.ce(objectives.candidate_scores(backend, enc), enc.labels)
+
+    def two_forwards():
+        backend.score(enc.requests)
+        backend.score(enc.requests)
+
+    weights = {m: backend.weights(pieces, m) for m in ("layerwise", "inplace")}
+    seed = [1000]
+
+    def step(mode):
+        def run():
+            seed[0] += 1
+            mezo_step(weights[mode], loss, [seed[0]], cfg)
+        return run
+
+    print(f"model {model_path} ({n_params / 1e6:.1f} M params, {args.dtype}), backend {args.backend}, "
+          f"batch {args.batch} ({n_tokens} tokens), {repeats} repeats, {torch.get_num_threads()} threads")
+    main_t = interleaved({"two_forwards": two_forwards, "step_layerwise": step("layerwise"),
+                          "step_inplace": step("inplace")}, repeats=repeats, warmup=1)
+
+    # ---- components (each timed as the step uses it)
+    eps = args.eps
+    sign = [1.0]
+
+    def one_sweep():  # one Add sweep over every piece (alternating sign: weights stay put on average)
+        sign[0] = -sign[0]
+        sweep(pieces, 7, [Add(sign[0] * eps)])
+
+    def fused_sweep():  # inplace's restore + update: one sweep, two ops
+        sweep(pieces, 7, [Add(0.0), Update(0.0)])
+
+    def update_sweep():  # layerwise's update
+        sweep(pieces, 7, [Update(0.0)])
+
+    lw = weights["layerwise"]
+
+    def scratch_roundtrip():  # what Layerwise._at copies, once per forward
+        for group, tag in [(lw.outside, "outside")] + [(g, "layer") for g in lw.by_layer]:
+            with lw._saved(group, tag):
+                pass
+
+    res = backend.score(enc.requests)
+
+    def objective():
+        objectives.ce(objectives._scores(res, enc), enc.labels)
+
+    comp = interleaved({"sweep_add": one_sweep, "sweep_restore_update": fused_sweep,
+                        "sweep_update": update_sweep, "scratch_roundtrip": scratch_roundtrip},
+                       repeats=repeats, warmup=1)
+    comp["objective"] = timeit(objective, repeats=max(repeats, 5), warmup=1)
+
+    fwd = main_t["two_forwards"]
+    out_rows, breakdown = [], {}
+    for mode in ("layerwise", "inplace"):
+        st = main_t[f"step_{mode}"]
+        if mode == "layerwise":
+            noise = 2 * comp["sweep_add"]["median_ms"] + comp["sweep_update"]["median_ms"]
+            scratch = 2 * comp["scratch_roundtrip"]["median_ms"]
+        else:
+            noise = 2 * comp["sweep_add"]["median_ms"] + comp["sweep_restore_update"]["median_ms"]
+            scratch = 0.0
+        obj = 2 * comp["objective"]["median_ms"]
+        rest = st["median_ms"] - fwd["median_ms"] - noise - scratch - obj
+        breakdown[mode] = {"step_ms": st["median_ms"], "two_forwards_ms": fwd["median_ms"], "noise_ms": round(noise, 2),
+                           "scratch_ms": round(scratch, 2), "objective_ms": round(obj, 3),
+                           "python_remainder_ms": round(rest, 2)}
+        r = ratio(st, fwd)
+        out_rows.append([mode, st["min_ms"], st["median_ms"], fwd["min_ms"], fwd["median_ms"], r["min"], r["median"],
+                         noise, scratch, obj, rest])
+
+    print(table(out_rows, ["mode", "step min", "step med", "2 fwd min", "2 fwd med", "ratio min", "ratio med",
+                           "noise", "scratch", "objective", "python rest"]))
+    print("components (ms):")
+    print(table([[k, v["min_ms"], v["median_ms"]] for k, v in comp.items()], ["component", "min", "median"]))
+    path = write_result("step_overhead", {
+        "benchmark": "step_overhead", "model": model_path, "dtype": args.dtype, "backend": args.backend,
+        "n_params": n_params, "batch": args.batch, "tokens": n_tokens, "repeats": repeats,
+        "eps": eps, "lr": args.lr,
+        "timings": main_t, "components": comp,
+        "ratio_step_over_two_forwards": {m: ratio(main_t[f"step_{m}"], fwd) for m in ("layerwise", "inplace")},
+        "breakdown_median_ms": breakdown, "goal_ratio": 1.25,
+        "notes": "noise = 2 Add sweeps + the update sweep (layerwise) or the fused restore+update sweep "
+                 "(inplace); scratch = 2 copy-to-scratch-and-back round trips (layerwise); objective = "
+                 "candidate scores + CE, twice; python = step − 2 forwards − the rest (medians).",
+        "machine_start": start_info})
+    print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    main()

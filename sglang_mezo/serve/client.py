@@ -1,0 +1,107 @@
+"""Python clients for the /mezo/* operations: over HTTP, or on an in-process `sglang.Engine`.
+
+    c = MezoClient("http://127.0.0.1:30000")
+    c.step(task="sst2", lr=1e-5, eps=1e-3, batch_size=16)     # → L+, L−, projected gradient
+    c.train(steps=100, task="sst2", lr=1e-5); c.wait()
+    c.rollback(steps=10); c.save("/tmp/ckpt")
+
+    engine = sglang.Engine(model_path=...)   # on CPU: sglang_mezo.cpu_shims.install() first
+    t = EngineTrainer(engine); t.step(examples=[...], lr=1e-5)
+"""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import time
+import uuid
+
+
+class MezoError(RuntimeError):
+    def __init__(self, status: int, body: dict):
+        super().__init__(f"{status}: {body.get('error', body)}")
+        self.status, self.body = status, body
+
+
+class MezoClient:
+    def __init__(self, base_url: str, timeout: float = 600):
+        self.base, self.timeout = base_url.rstrip("/"), timeout
+
+    def _post(self, path, body):
+        import requests
+
+        r = requests.post(self.base + path, json=body, timeout=self.timeout)
+        if r.status_code >= 300:
+            raise MezoError(r.status_code, r.json())
+        return r.json()
+
+    def step(self, **body) -> dict:
+        return self._post("/mezo/step", body)
+
+    def train(self, steps: int, **body) -> dict:
+        return self._post("/mezo/train", {"steps": steps, **body})
+
+    def rollback(self, steps: int = 1) -> dict:
+        return self._post("/mezo/rollback", {"steps": steps})
+
+    def save(self, path: str) -> dict:
+        return self._post("/mezo/save", {"path": path})
+
+    def status(self) -> dict:
+        import requests
+
+        return requests.get(self.base + "/mezo/status", timeout=self.timeout).json()
+
+    def wait(self, poll: float = 0.5, timeout: float = 3600) -> dict:
+        end = time.time() + timeout
+        while time.time() < end:
+            s = self.status()
+            if not s.get("running"):
+                if s.get("error"):
+                    raise MezoError(500, {"error": s["error"]})
+                return s
+            time.sleep(poll)
+        raise TimeoutError("training did not finish in time")
+
+
+class EngineTrainer:
+    """The same operations on an `sglang.Engine` (offline engine, same process as the caller)."""
+
+    def __init__(self, engine):
+        self.engine = engine
+
+    def _call(self, op: str, body: dict) -> dict:
+        from .protocol import RequestError, parse_rollback, parse_save, parse_step
+
+        check = {"step": parse_step, "rollback": parse_rollback, "save": parse_save}.get(op)
+        if check:
+            try:
+                check(body)
+            except RequestError as e:
+                raise MezoError(e.status, {"error": str(e)}) from None
+        path = os.path.join(tempfile.gettempdir(), f"sglang_mezo_{os.getpid()}_{uuid.uuid4().hex}.json")
+        try:
+            self.engine.collective_rpc("mezo_call", op=op, args_json=json.dumps(body), result_path=path)
+            with open(path, encoding="utf-8") as f:
+                out = json.load(f)
+        finally:
+            if os.path.exists(path):
+                os.remove(path)
+        if out["status"] >= 300:
+            raise MezoError(out["status"], out["result"])
+        return out["result"]
+
+    def step(self, **body) -> dict:
+        return self._call("step", body)
+
+    def train(self, steps: int, **body) -> list[dict]:
+        return [self._call("step", body) for _ in range(steps)]
+
+    def rollback(self, steps: int = 1) -> dict:
+        return self._call("rollback", {"steps": steps})
+
+    def save(self, path: str) -> dict:
+        return self._call("save", {"path": path})
+
+    def status(self) -> dict:
+        return self._call("status", {})

@@ -1,0 +1,63 @@
+"""SGLang general plugin (entry point group `sglang.srt.plugins`): adds `Scheduler.mezo_call`.
+
+SGLang runs `register()` in every one of its processes, the spawned schedulers included, so the method
+is there when the HTTP server (or `Engine.collective_rpc`) asks for it. An RPC returns only success, so
+the result travels as a small JSON file that tp rank 0 writes atomically.
+"""
+from __future__ import annotations
+
+import json
+import os
+
+_trainer = None
+
+
+def register() -> None:
+    from sglang.srt.managers.scheduler import Scheduler
+
+    Scheduler.mezo_call = mezo_call
+
+
+def _get_trainer(sched):
+    global _trainer
+    if _trainer is None:
+        from sglang.srt.managers.io_struct import ContinueGenerationReqInput, PauseGenerationReqInput
+
+        from ..backends.sglang_runner import SGLangBackend
+        from .trainer import ServedTrainer
+
+        runner = sched.tp_worker.model_runner
+        backend = SGLangBackend.attach(runner, sched.tokenizer, sched.server_args.model_path)
+
+        def flush():
+            if not sched.flush_cache(empty_cache=False):
+                raise RuntimeError("could not flush SGLang's cache while paused")
+
+        _trainer = ServedTrainer(
+            backend,
+            pause=lambda: sched.pause_generation(PauseGenerationReqInput(mode="retract")),
+            resume=lambda: sched.continue_generation(ContinueGenerationReqInput()),
+            flush=flush,
+            perturb=os.environ.get("SGLANG_MEZO_PERTURB", "layerwise"))
+    return _trainer
+
+
+def mezo_call(self, op: str, args_json: str, result_path: str) -> None:
+    from .protocol import RequestError
+
+    try:
+        out = {"status": 200, "result": _get_trainer(self).handle(op, json.loads(args_json))}
+    except RequestError as e:
+        out = {"status": e.status, "result": {"error": str(e)}}
+    except ArithmeticError as e:  # NaN objective: weights were restored, the request was at fault
+        out = {"status": 422, "result": {"error": str(e)}}
+    except Exception as e:  # noqa: BLE001 - report, never take the scheduler down
+        import traceback
+
+        out = {"status": 500, "result": {"error": f"{type(e).__name__}: {e}",
+                                         "trace": traceback.format_exc(limit=5)}}
+    if getattr(self, "tp_rank", 0) == 0:
+        tmp = result_path + ".tmp"
+        with open(tmp, "w", encoding="utf-8") as f:
+            json.dump(out, f)
+        os.replace(tmp, result_path)

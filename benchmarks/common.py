@@ -148,14 +148,25 @@ def base_parser(description: str):
     p.add_argument("--dtype", default=None, help="float32 | bfloat16 | float16 (default: float32 on CPU, "
                                                   "bfloat16 on CUDA)")
     p.add_argument("--out-dir", default=None, help="where NAME.json goes (default benchmarks/results)")
-    p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch.set_num_threads; default on CPU: torch's, or 1 when the machine is already "
+                        "busy (1-minute load >= half the cores: 2 threads beside other jobs were 2-8x slower "
+                        "and erratic here, 1 thread steady)")
     return p
 
 
 def setup(args) -> str:
     """Apply --threads, resolve the model folder (building a random Llama if --llama), fill --dtype."""
+    args.threads_note = "given" if args.threads else "torch default"
     if args.threads:
         torch.set_num_threads(args.threads)
+    elif not torch.cuda.is_available() and hasattr(os, "getloadavg"):
+        load, cores = os.getloadavg()[0], machine_info()["usable_cores"] or 1
+        if load >= cores / 2 and torch.get_num_threads() > 1:
+            torch.set_num_threads(1)
+            args.threads_note = f"auto: 1 thread (machine busy: load {load:.1f} on {cores} cores)"
+            print(f"[bench] {args.threads_note}; --threads N to override", flush=True)
+    args.threads = torch.get_num_threads()
     if args.dtype is None:
         args.dtype = "bfloat16" if torch.cuda.is_available() else "float32"
     if getattr(args, "llama", None):

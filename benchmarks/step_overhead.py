@@ -1,6 +1,6 @@
 """One MeZO step vs two plain forward passes of the same batch through the same engine.
 
-    .venv/bin/python benchmarks/step_overhead.py [--quick] [--batch 16] [--repeats 7] [--backend sglang]
+    .venv/bin/python benchmarks/step_overhead.py [--quick] [--batch 16[,64]] [--repeats 7] [--backend sglang]
 
 A two-point MeZO step is, at best, two forwards. Everything else is overhead, broken down here:
   noise      the noise sweeps of `sglang_mezo.noise.sweep` over all pieces, as the step runs them:
@@ -8,8 +8,9 @@ A two-point MeZO step is, at best, two forwards. Everything else is overhead, br
              inplace:   +εz, −2εz, then restore and update fused (one sweep with two ops)
   scratch    layerwise only: each layer (and the outside weights) copied to scratch and back, per forward
   objective  turning the engine's log-probs into candidate scores and the CE loss, per forward
-  python     the remainder (hooks, dispatch, bookkeeping)
+  python     the remainder (hooks, batch building, dispatch, bookkeeping)
 The step and the two forwards are timed round-robin in one process; the components separately after.
+The noise/scratch costs do not depend on the batch; the forwards do, so the ratio falls as batches grow.
 """
 from __future__ import annotations
 
@@ -23,13 +24,14 @@ from common import (base_parser, interleaved, machine_info, ratio, setup, sst2, 
 
 def main():
     p = base_parser(__doc__.splitlines()[0])
-    p.add_argument("--batch", type=int, default=16)
+    p.add_argument("--batch", default="16", help="prompts per batch; a comma list runs several (e.g. 16,64)")
     p.add_argument("--repeats", type=int, default=None, help="timed repeats (default 7; --quick 3)")
     p.add_argument("--backend", default="sglang", choices=["sglang", "hf"])
     p.add_argument("--eps", type=float, default=1e-3)
     p.add_argument("--lr", type=float, default=1e-6, help="nonzero so the update sweep is part of the step")
     args = p.parse_args()
     repeats = args.repeats or (3 if args.quick else 7)
+    batches = [int(b) for b in str(args.batch).split(",")]
     model_path = setup(args)
     start_info = machine_info()
 
@@ -39,39 +41,18 @@ def main():
     from sglang_mezo.noise import Add, Update, sweep
 
     backend = make_backend(args.backend, model_path, args.dtype)
-    spec, exs = sst2(args.batch)
-    enc = objectives.encode(exs, backend.tokenizer, spec.single_token_labels)
     pieces = backend.pieces
     n_params = sum(p.view.numel() for p in pieces)
-    n_tokens = sum(len(r.ids) for r in enc.requests)
     cfg = MeZOConfig(lr=args.lr, eps=args.eps)
-
-    def loss():
-        return objectives.ce(objectives.candidate_scores(backend, enc), enc.labels)
-
-    def two_forwards():
-        backend.score(enc.requests)
-        backend.score(enc.requests)
-
     weights = {m: backend.weights(pieces, m) for m in ("layerwise", "inplace")}
-    seed = [1000]
-
-    def step(mode):
-        def run():
-            seed[0] += 1
-            mezo_step(weights[mode], loss, [seed[0]], cfg)
-        return run
-
     print(f"model {model_path} ({n_params / 1e6:.1f} M params, {args.dtype}), backend {args.backend}, "
-          f"batch {args.batch} ({n_tokens} tokens), {repeats} repeats, {torch.get_num_threads()} threads")
-    main_t = interleaved({"two_forwards": two_forwards, "step_layerwise": step("layerwise"),
-                          "step_inplace": step("inplace")}, repeats=repeats, warmup=1)
+          f"{repeats} repeats, {torch.get_num_threads()} threads ({args.threads_note})")
 
-    # ---- components (each timed as the step uses it)
+    # ---- components that do not depend on the batch (each timed as the step uses it)
     eps = args.eps
     sign = [1.0]
 
-    def one_sweep():  # one Add sweep over every piece (alternating sign: weights stay put on average)
+    def one_sweep():  # one Add sweep over every piece (alternating sign: the weights stay put)
         sign[0] = -sign[0]
         sweep(pieces, 7, [Add(sign[0] * eps)])
 
@@ -88,49 +69,69 @@ def main():
             with lw._saved(group, tag):
                 pass
 
-    res = backend.score(enc.requests)
-
-    def objective():
-        objectives.ce(objectives._scores(res, enc), enc.labels)
-
     comp = interleaved({"sweep_add": one_sweep, "sweep_restore_update": fused_sweep,
                         "sweep_update": update_sweep, "scratch_roundtrip": scratch_roundtrip},
                        repeats=repeats, warmup=1)
-    comp["objective"] = timeit(objective, repeats=max(repeats, 5), warmup=1)
+    noise_ms = {"layerwise": 2 * comp["sweep_add"]["median_ms"] + comp["sweep_update"]["median_ms"],
+                "inplace": 2 * comp["sweep_add"]["median_ms"] + comp["sweep_restore_update"]["median_ms"]}
+    scratch_ms = {"layerwise": 2 * comp["scratch_roundtrip"]["median_ms"], "inplace": 0.0}
 
-    fwd = main_t["two_forwards"]
-    out_rows, breakdown = [], {}
-    for mode in ("layerwise", "inplace"):
-        st = main_t[f"step_{mode}"]
-        if mode == "layerwise":
-            noise = 2 * comp["sweep_add"]["median_ms"] + comp["sweep_update"]["median_ms"]
-            scratch = 2 * comp["scratch_roundtrip"]["median_ms"]
-        else:
-            noise = 2 * comp["sweep_add"]["median_ms"] + comp["sweep_restore_update"]["median_ms"]
-            scratch = 0.0
-        obj = 2 * comp["objective"]["median_ms"]
-        rest = st["median_ms"] - fwd["median_ms"] - noise - scratch - obj
-        breakdown[mode] = {"step_ms": st["median_ms"], "two_forwards_ms": fwd["median_ms"], "noise_ms": round(noise, 2),
-                           "scratch_ms": round(scratch, 2), "objective_ms": round(obj, 3),
-                           "python_remainder_ms": round(rest, 2)}
-        r = ratio(st, fwd)
-        out_rows.append([mode, st["min_ms"], st["median_ms"], fwd["min_ms"], fwd["median_ms"], r["min"], r["median"],
-                         noise, scratch, obj, rest])
+    per_batch, rows = {}, []
+    seed = [1000]
+    for B in batches:
+        spec, exs = sst2(B)
+        enc = objectives.encode(exs, backend.tokenizer, spec.single_token_labels)
+        n_tokens = sum(len(r.ids) for r in enc.requests)
 
-    print(table(out_rows, ["mode", "step min", "step med", "2 fwd min", "2 fwd med", "ratio min", "ratio med",
-                           "noise", "scratch", "objective", "python rest"]))
-    print("components (ms):")
+        def loss():
+            return objectives.ce(objectives.candidate_scores(backend, enc), enc.labels)
+
+        def two_forwards():
+            backend.score(enc.requests)
+            backend.score(enc.requests)
+
+        def step(mode):
+            def run():
+                seed[0] += 1
+                mezo_step(weights[mode], loss, [seed[0]], cfg)
+            return run
+
+        main_t = interleaved({"two_forwards": two_forwards, "step_layerwise": step("layerwise"),
+                              "step_inplace": step("inplace")}, repeats=repeats, warmup=1)
+        res = backend.score(enc.requests)
+        obj_t = timeit(lambda: objectives.ce(objectives._scores(res, enc), enc.labels),
+                       repeats=max(repeats, 5), warmup=1)
+        fwd = main_t["two_forwards"]
+        breakdown, ratios = {}, {}
+        for mode in ("layerwise", "inplace"):
+            st = main_t[f"step_{mode}"]
+            obj = 2 * obj_t["median_ms"]
+            rest = st["median_ms"] - fwd["median_ms"] - noise_ms[mode] - scratch_ms[mode] - obj
+            breakdown[mode] = {"step_ms": st["median_ms"], "two_forwards_ms": fwd["median_ms"],
+                               "noise_ms": round(noise_ms[mode], 2), "scratch_ms": round(scratch_ms[mode], 2),
+                               "objective_ms": round(obj, 3), "python_remainder_ms": round(rest, 2)}
+            ratios[mode] = ratio(st, fwd)
+            rows.append([B, n_tokens, mode, st["min_ms"], st["median_ms"], fwd["min_ms"], fwd["median_ms"],
+                         ratios[mode]["min"], ratios[mode]["median"], noise_ms[mode], scratch_ms[mode], obj, rest])
+        per_batch[str(B)] = {"batch": B, "tokens": n_tokens, "timings": main_t, "objective": obj_t,
+                             "ratio_step_over_two_forwards": ratios, "breakdown_median_ms": breakdown}
+
+    print(table(rows, ["batch", "tokens", "mode", "step min", "step med", "2 fwd min", "2 fwd med",
+                       "ratio min", "ratio med", "noise", "scratch", "objective", "python rest"]))
+    print("batch-independent components (ms):")
     print(table([[k, v["min_ms"], v["median_ms"]] for k, v in comp.items()], ["component", "min", "median"]))
+    first = per_batch[str(batches[0])]
     path = write_result("step_overhead", {
         "benchmark": "step_overhead", "model": model_path, "dtype": args.dtype, "backend": args.backend,
-        "n_params": n_params, "batch": args.batch, "tokens": n_tokens, "repeats": repeats,
-        "eps": eps, "lr": args.lr,
-        "timings": main_t, "components": comp,
-        "ratio_step_over_two_forwards": {m: ratio(main_t[f"step_{m}"], fwd) for m in ("layerwise", "inplace")},
-        "breakdown_median_ms": breakdown, "goal_ratio": 1.25,
-        "notes": "noise = 2 Add sweeps + the update sweep (layerwise) or the fused restore+update sweep "
-                 "(inplace); scratch = 2 copy-to-scratch-and-back round trips (layerwise); objective = "
-                 "candidate scores + CE, twice; python = step − 2 forwards − the rest (medians).",
+        "n_params": n_params, "repeats": repeats, "threads": args.threads, "threads_note": args.threads_note,
+        "eps": eps, "lr": args.lr, "goal_ratio": 1.25,
+        "batch": first["batch"], "ratio_step_over_two_forwards": first["ratio_step_over_two_forwards"],
+        "components": comp, "per_batch": per_batch,
+        "notes": "ratio = step / two plain forwards (backend.score twice), min over min and median over "
+                 "median, timed round-robin. noise = 2 Add sweeps + the update sweep (layerwise) or the "
+                 "fused restore+update sweep (inplace); scratch = 2 copy-to-scratch-and-back round trips "
+                 "(layerwise); objective = candidate scores + CE, twice; python = step - 2 forwards - the "
+                 "rest (medians; can be negative within noise).",
         "machine_start": start_info})
     print(f"wrote {path}")
 

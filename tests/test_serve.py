@@ -1,0 +1,175 @@
+"""A real `sglang-mezo serve` on loopback (tiny Llama, CPU): training while serving, exactness, bad input."""
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+import requests
+import torch
+from safetensors.torch import load_file
+
+from conftest import ROOT, cli
+
+PROBE = {"text": "the movie was good It was", "sampling_params": {"max_new_tokens": 4, "temperature": 0},
+         "return_logprob": True, "logprob_start_len": 0}
+STEP = {"task": "sst2", "lr": 1e-3, "eps": 1e-2, "batch_size": 8, "seed": 3}
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server(tiny_model, tmp_path_factory):
+    port = _free_port()
+    log = open(tmp_path_factory.mktemp("serve") / "server.log", "w")
+    proc = subprocess.Popen([sys.executable, "-m", "sglang_mezo", "serve", "--model-path", tiny_model,
+                             "--host", "127.0.0.1", "--port", str(port), "--dtype", "float32",
+                             "--log-level", "warning"], cwd=str(ROOT), stdout=log, stderr=subprocess.STDOUT,
+                            start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.time() + 180
+    while time.time() < deadline:
+        if proc.poll() is not None:
+            raise AssertionError(f"server exited early, see {log.name}")
+        try:
+            if requests.get(url + "/health", timeout=2).status_code == 200:
+                break
+        except requests.ConnectionError:
+            pass
+        time.sleep(1)
+    else:
+        raise AssertionError("server did not come up in 180 s")
+    yield url
+    os.killpg(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(30)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+
+
+def _post(url, path, body, expect=200):
+    r = requests.post(url + path, json=body, timeout=300)
+    assert r.status_code == expect, (path, r.status_code, r.text)
+    return r.json()
+
+
+def _probe(url):
+    out = _post(url, "/generate", PROBE)
+    return out["output_ids"], [t[0] for t in out["meta_info"]["input_token_logprobs"][1:]]
+
+
+def _offline_logprobs(model_dir, tokenizer_ids):
+    from transformers import AutoModelForCausalLM
+
+    m = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
+    with torch.no_grad():
+        lp = torch.log_softmax(m(torch.tensor([tokenizer_ids])).logits[0], -1)
+    return [lp[j - 1, tokenizer_ids[j]].item() for j in range(1, len(tokenizer_ids))]
+
+
+def test_train_while_serving_exact_probe_rollback_and_replay(server, tiny_model, tmp_path):
+    from transformers import AutoTokenizer
+
+    ids = AutoTokenizer.from_pretrained(tiny_model).encode(PROBE["text"])
+    out0, lp0 = _probe(server)
+    assert lp0 == pytest.approx(_offline_logprobs(tiny_model, ids), abs=1e-4)
+
+    # ordinary traffic from another thread for the whole training run: every request must succeed
+    stop, codes = threading.Event(), []
+
+    def load():
+        for i in range(400):
+            if stop.is_set():
+                break
+            r = requests.post(server + "/generate", json={"text": f"a fun film number {i}",
+                              "sampling_params": {"max_new_tokens": 8, "temperature": 0.7}}, timeout=120)
+            codes.append(r.status_code)
+
+    t = threading.Thread(target=load)
+    t.start()
+    try:
+        assert _post(server, "/mezo/train", {**STEP, "steps": 20}, 202)["steps"] == 20
+        deadline = time.time() + 300
+        while (st := requests.get(server + "/mezo/status", timeout=60).json())["running"]:
+            assert time.time() < deadline
+            time.sleep(0.5)
+        assert st["done"] == 20 and st["error"] is None and st["steps"] == 20
+    finally:
+        stop.set()
+        t.join()
+    assert codes and all(c == 200 for c in codes), codes
+
+    # between steps, the probe sees exactly the current (unperturbed) weights
+    for k in range(2):
+        res = _post(server, "/mezo/step", STEP)
+        assert res["step"] == 21 + k and len(res["projected_grad"]) == 1
+        _, lp = _probe(server)
+        save = tmp_path / f"save{k}"
+        _post(server, "/mezo/save", {"path": str(save)})
+        assert lp == pytest.approx(_offline_logprobs(str(save / "model"), ids), abs=1e-4)
+        assert lp != pytest.approx(lp0, abs=1e-6)
+
+    # the server's trajectory replays to the weights it saved
+    rep = tmp_path / "replayed"
+    cli("replay", "--trajectory", str(save / "trajectory.jsonl"), "--out", str(rep))
+    a, b = load_file(str(save / "model/model.safetensors")), load_file(str(rep / "model.safetensors"))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+    # rolling back every step gives the original model back exactly
+    assert _post(server, "/mezo/rollback", {"steps": 22}) == {"steps": 0, "rolled_back": 22}
+    assert _probe(server) == (out0, lp0)
+
+
+@pytest.mark.parametrize("path,body,status,match", [
+    ("/mezo/step", {"task": "sst2"}, 400, "missing field 'lr'"),
+    ("/mezo/step", {"lr": 1e-3}, 400, "exactly one of"),
+    ("/mezo/step", {"task": "sst2", "lr": "fast"}, 400, "must be a number"),
+    ("/mezo/step", {"task": "sst2", "lr": float("nan")}, 400, "must be finite"),
+    ("/mezo/step", {"task": "sst2", "lr": 1e-3, "batch_size": 2.5}, 400, "integer"),
+    ("/mezo/step", {"task": "no_such_task", "lr": 1e-3}, 400, "unknown task"),
+    ("/mezo/step", {"examples": [{"prompt": "x", "candidates": [" a"], "label": 0}], "lr": 1e-3}, 400, "candidates"),
+    ("/mezo/step", {"task": "sst2", "lr": 1e-3, "objective": "nope"}, 400, "unknown objective"),
+    ("/mezo/step", {"task": "sst2", "lr": 1e-3, "colour": "red"}, 400, "unknown field"),
+    ("/mezo/train", {"task": "sst2", "lr": 1e-3}, 400, "missing field 'steps'"),
+    ("/mezo/train", {"task": "sst2", "lr": 1e-3, "steps": -1}, 400, "> 0"),
+    ("/mezo/rollback", {"steps": "all"}, 400, "integer"),
+    ("/mezo/rollback", {"steps": 10_000}, 409, "only"),
+    ("/mezo/save", {}, 400, "'path'"),
+    ("/mezo/save", [], 400, "'path'"),
+])
+def test_bad_input_gets_a_4xx_and_the_server_keeps_serving(server, path, body, status, match):
+    r = requests.post(server + path, data=json.dumps(body), headers={"content-type": "application/json"},
+                      timeout=120)
+    assert r.status_code == status, r.text
+    assert match in r.json()["error"]
+    assert requests.get(server + "/health", timeout=30).status_code == 200
+    assert _post(server, "/generate", PROBE)["output_ids"]
+
+
+def test_step_while_training_is_refused(server):
+    _post(server, "/mezo/train", {**STEP, "steps": 6}, 202)
+    r = requests.post(server + "/mezo/step", json=STEP, timeout=60)
+    assert r.status_code == 409 and "in progress" in r.json()["error"]
+    r = requests.post(server + "/mezo/train", json={**STEP, "steps": 1}, timeout=60)
+    assert r.status_code == 409
+    while requests.get(server + "/mezo/status", timeout=60).json()["running"]:
+        time.sleep(0.3)
+    _post(server, "/mezo/rollback", {"steps": 6})
+    r = requests.post(server + "/mezo/step", data="{not json", headers={"content-type": "application/json"})
+    assert r.status_code == 400 and "not valid JSON" in r.json()["error"]
+
+
+def test_engine_trainer_on_sglang_engine(tiny_model):
+    from conftest import last_json, run_py
+
+    res = last_json(run_py(["tests/engine_trainer_check.py", tiny_model]).stdout)
+    assert res["steps"] == [1, 2, 3] and res["changed"] and res["restored"]
+    assert res["bad_status"] == 400 and res["status"]["steps"] == 0

@@ -34,6 +34,7 @@ def _train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--keep", default="best", help="best (dev) step or last step as DIR/model")
     p.add_argument("--out", required=True)
     p.add_argument("--overwrite", action="store_true")
+    p.add_argument("--progress-off", dest="progress", action="store_false", help="no progress bar")
 
 
 def main(argv: list[str] | None = None) -> int:

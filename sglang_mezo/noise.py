@@ -137,7 +137,8 @@ def _ranges(p):
 def sweep(pieces: Iterable, seed: int, ops: Sequence, chunk: int = CHUNK, impl: str | None = None) -> None:
     """Apply `ops` in place to every piece, with z drawn from (seed, piece.hf_name, HF index).
 
-    impl: "native" (C, CPU only), "torch" (any device), or None = native where it applies.
+    impl: "native" (C, CPU only), "triton" (fused GPU kernel), "torch" (any device), or None = the
+    fastest that applies (native on CPU, triton on CUDA). All give the same bits.
     """
     impl = impl or os.environ.get("SGLANG_MEZO_NOISE") or "auto"
     for p in pieces:
@@ -146,8 +147,15 @@ def sweep(pieces: Iterable, seed: int, ops: Sequence, chunk: int = CHUNK, impl: 
             if flat.numel() == 0:
                 continue
             if impl != "torch" and flat.device.type == "cpu" and flat.dtype in _DT and flat.is_contiguous() \
-                    and (lib := native_lib(required=impl == "native")) is not None:
+                    and impl != "triton" and (lib := native_lib(required=impl == "native")) is not None:
                 _native_apply(lib, flat, key, base, ops, p.decays)
+                continue
+            if impl == "triton" or (impl == "auto" and flat.is_cuda and flat.dtype in _DT
+                                    and flat.is_contiguous() and _has_triton()):
+                from . import noise_triton
+
+                for i in range(0, len(ops), 2):  # the kernel takes up to two ops per pass
+                    noise_triton.apply(flat, key, base, ops[i: i + 2], p.decays)
                 continue
             for s in range(0, flat.numel(), chunk):
                 n = min(chunk, flat.numel() - s)
@@ -155,6 +163,12 @@ def sweep(pieces: Iterable, seed: int, ops: Sequence, chunk: int = CHUNK, impl: 
 
 
 _DT = {torch.float32: 0, torch.bfloat16: 1, torch.float16: 2}
+
+
+def _has_triton() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("triton") is not None
 _lib = None
 _lib_error: str | None = None
 

@@ -223,8 +223,7 @@ def random_llama(size: str, dtype: str = "bfloat16", root: str | None = None) ->
     h, inter, layers, heads, kv, vocab = LLAMA_PRESETS[size]
     cfg = LlamaConfig(vocab_size=vocab, hidden_size=h, intermediate_size=inter, num_hidden_layers=layers,
                       num_attention_heads=heads, num_key_value_heads=kv, max_position_embeddings=4096,
-                      bos_token_id=1, eos_token_id=2, pad_token_id=3, tie_word_embeddings=size == "0.5b",
-                      torch_dtype=dtype)
+                      bos_token_id=1, eos_token_id=2, pad_token_id=3, tie_word_embeddings=size == "0.5b")
     dev = "cuda" if torch.cuda.is_available() else "cpu"
     with torch.device(dev):
         model = LlamaForCausalLM(cfg).to(hf_dtype(dtype))

@@ -124,3 +124,20 @@ def test_nan_objective_stops_cleanly_and_keeps_finished_steps(tiny_model, tmp_pa
     lines = (out / "trajectory.jsonl").read_text().splitlines()
     assert [json.loads(l).get("step") for l in lines] == [None, 1, 2]  # header + the finished steps
     assert (out / "config.json").is_file() and not (out / "model").exists()
+
+
+@pytest.mark.parametrize("perturb,exact", [("layerwise", True), ("inplace", False)])
+def test_bf16_on_sglang_lr0_exactness(tiny_model, tmp_path, perturb, exact):
+    """Real engine in bf16: with lr = 0, exact layer-wise perturbation returns every weight bit for bit;
+    MeZO's in-place round trip does not. The bf16 run also replays bit-identically."""
+    out = tmp_path / "o"
+    cli("train", "--model", tiny_model, "--dtype", "bfloat16", "--perturb", perturb, "--lr", "0", "--eps", "1e-2",
+        "--steps", "6", "--batch-size", "4", "--n-test", "8", "--keep", "last", "--out", str(out))
+    saved = load_file(str(out / "model" / "model.safetensors"))
+    base = load_file(str(Path(tiny_model) / "model.safetensors"))
+    changed = sum(int((saved[k] != base[k].to(torch.bfloat16)).sum()) for k in base)
+    assert all(t.dtype == torch.bfloat16 for t in saved.values())
+    assert (changed == 0) if exact else (changed > 1000), changed
+    cli("replay", "--trajectory", str(out / "trajectory.jsonl"), "--out", str(tmp_path / "r"))
+    rep = load_file(str(tmp_path / "r" / "model.safetensors"))
+    assert all(torch.equal(saved[k], rep[k]) for k in saved)

@@ -128,3 +128,22 @@ def test_multi_token_label_word_is_refused(sglang_backend):
     ex = [Example("good It was", [" terrible", " qzxqzxqzx"], 0)]
     with pytest.raises(TaskError, match="qzxqzxqzx.*single tokens"):
         objectives.encode(ex, sglang_backend.tokenizer)
+
+
+@pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
+def test_half_precision_layerwise_exact_inplace_drifts(tiny_model, dtype):
+    """transformers backend in half precision, real forwards, 20 lr = 0 steps."""
+    from sglang_mezo.backends import make_backend
+
+    b = make_backend("hf", tiny_model, dtype)
+    enc = _batch(b)
+    counts = {}
+    for mode in ("layerwise", "inplace"):
+        b.load_base()
+        base = _weights(b)
+        w = b.weights(b.pieces, mode)
+        for s in range(20):
+            mezo_step(w, _loss(b, enc), [s], MeZOConfig(lr=0.0, eps=1e-2))
+        counts[mode] = sum(int((x != y).sum()) for x, y in zip(base, _weights(b)))
+    assert counts["layerwise"] == 0
+    assert counts["inplace"] > 1000, counts

@@ -212,7 +212,7 @@ def random_llama(size: str, dtype: str = "bfloat16", root: str | None = None) ->
     out = base / f"llama-{size}-{dtype}"
     if (out / "config.json").is_file() and list(out.glob("*.safetensors")):
         return str(out)
-    from transformers import LlamaConfig, LlamaForCausalLM
+    from transformers import AutoModelForCausalLM, LlamaConfig
 
     from sglang_mezo.backends.base import hf_dtype
     from sglang_mezo.models import make_tiny_llama
@@ -225,8 +225,8 @@ def random_llama(size: str, dtype: str = "bfloat16", root: str | None = None) ->
                       num_attention_heads=heads, num_key_value_heads=kv, max_position_embeddings=4096,
                       bos_token_id=1, eos_token_id=2, pad_token_id=3, tie_word_embeddings=size == "0.5b")
     dev = "cuda" if torch.cuda.is_available() else "cpu"
-    with torch.device(dev):
-        model = LlamaForCausalLM(cfg).to(hf_dtype(dtype))
+    with torch.device(dev):  # drawn where it will run, directly in the target dtype
+        model = AutoModelForCausalLM.from_config(cfg, dtype=hf_dtype(dtype))
     with torch.no_grad():
         g = torch.Generator(device=dev).manual_seed(0)
         for _, p in model.named_parameters():
@@ -242,3 +242,23 @@ def random_llama(size: str, dtype: str = "bfloat16", root: str | None = None) ->
         torch.cuda.empty_cache()
     os.replace(tmp, out)
     return str(out)
+
+
+def probe_sglang() -> int:
+    """`python benchmarks/common.py --probe-sglang`: can this machine build an SGLang runner and score?
+    (gpu_check.sh runs it once; on failure the benchmarks fall back to --backend hf and say so.)"""
+    import tempfile
+
+    from sglang_mezo.backends import make_backend
+    from sglang_mezo.backends.base import ScoreRequest
+    from sglang_mezo.models import make_tiny_llama
+
+    path = make_tiny_llama(tempfile.mkdtemp(prefix="probe-"))
+    b = make_backend("sglang", path, "bfloat16" if torch.cuda.is_available() else "float32")
+    r = b.score([ScoreRequest([1, 5, 6, 7], next_ids=[8, 9])])
+    print("SGLANG_OK", r[0].next_logprobs, getattr(b.runner, "device", "?"), flush=True)
+    return 0
+
+
+if __name__ == "__main__" and sys.argv[1:] == ["--probe-sglang"]:
+    sys.exit(probe_sglang())

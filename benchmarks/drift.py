@@ -40,7 +40,7 @@ def _changed(before: dict, params) -> tuple[int, float]:
 def main():
     p = base_parser(__doc__.splitlines()[0])
     p.add_argument("--cycles", type=int, default=None, help="K (default 1000; --quick 100)")
-    p.add_argument("--batch", type=int, default=4, help="SST-2 prompts per forward")
+    p.add_argument("--batch", type=int, default=2, help="SST-2 prompts per forward")
     p.add_argument("--layers", type=int, default=2, help="decoder layers of the tiny Llama")
     p.add_argument("--eps", type=float, default=1e-3)
     p.add_argument("--dtypes", default=",".join(DTYPES))
@@ -126,7 +126,7 @@ def main():
                  "zo_step + zo_update (benchmarks/mezo_reference.py). Each cycle = one full step with both "
                  "forward passes and lr = 0. 'changed' counts elements whose stored value differs from the "
                  "start (bitwise, over all trainable tensors).",
-        "machine_start": start_info})
+        "machine_start": start_info}, args.out_dir)
     print(f"wrote {path}")
 
 

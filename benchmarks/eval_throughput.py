@@ -95,7 +95,7 @@ def main():
         "speedup_over_mezo": speed, "speedup": speed[base], "goal_speedup": 10.0,
         "prediction_agreement_with_mezo": agree,
         "notes": "speedup = MeZO evaluation time / this evaluation time (min/min, median/median).",
-        "machine_start": start_info})
+        "machine_start": start_info}, args.out_dir)
     print(f"wrote {path}")
 
 

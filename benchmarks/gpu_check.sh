@@ -43,7 +43,8 @@ EST_TOTAL=0
 
 say() { echo "[gpu_check +$(( $(date +%s) - T0 ))s] $*" | tee -a "$SUMMARY"; }
 
-# run_item NAME ESTIMATE_S TIMEOUT_S CMD...: run CMD if ESTIMATE_S still fits the budget
+# run_item NAME ESTIMATE_S TIMEOUT_S CMD...: run CMD if ESTIMATE_S still fits the budget, under
+# timeout min(TIMEOUT_S, budget left)
 run_item() {
   local name=$1 est=$2 lim=$3; shift 3
   local elapsed=$(( $(date +%s) - T0 ))
@@ -56,6 +57,8 @@ run_item() {
     say "SKIPPED $name: ${elapsed}s spent, estimate ${est}s would pass the ${BUDGET}s budget"
     return 0
   fi
+  # never run past the budget: the timeout is cut to what is left
+  [ $(( BUDGET - elapsed )) -lt "$lim" ] && lim=$(( BUDGET - elapsed ))
   say "start $name (estimate ${est}s, timeout ${lim}s): $*"
   local t=$(date +%s)
   timeout --kill-after=10 "$lim" "$@" >"$LOGDIR/$name.log" 2>&1
@@ -64,7 +67,7 @@ run_item() {
   [ $rc = 124 ] || [ $rc = 137 ] && status="TIMED OUT"
   [ $rc != 0 ] && [ "$status" = ok ] && status="FAILED rc=$rc"
   say "done  $name: $status in $(( $(date +%s) - t ))s"
-  grep -E '^\|' "$LOGDIR/$name.log" | tail -n 12 | tee -a "$SUMMARY" >/dev/null
+  grep -E '^\|' "$LOGDIR/$name.log" | tail -n 16 | tee -a "$SUMMARY"
   [ "$status" != ok ] && tail -n 15 "$LOGDIR/$name.log" | sed 's/^/    /' >>"$SUMMARY"
   return 0
 }
@@ -86,7 +89,8 @@ if [ "$DRY" = 1 ]; then
   else
     echo "  2. find no .whl/ here: use the device image's packages only"
   fi
-  echo "  3. check 'import sglang' (needs 0.5.23); without it, run the benchmarks with --backend hf and say so"
+  echo "  3. check 'import sglang' (needs 0.5.23) and build + score a tiny SGLang runner (timeout 120s);"
+  echo "     if either fails, run the benchmarks with --backend hf and say so in capitals"
   echo "  4. run, each under timeout, skipping what no longer fits ${BUDGET}s (results -> $RES):"
 else
   mkdir -p "$LOGDIR"
@@ -103,28 +107,39 @@ else
   export PYTHONPATH=$ROOT${PYTHONPATH:+:$PYTHONPATH}
   export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
   export SGLANG_MEZO_BENCH_MODELS=${SGLANG_MEZO_BENCH_MODELS:-/tmp/sglang_mezo_bench_models}
-  $PY -c 'import torch; print("torch", torch.__version__, "cuda", torch.version.cuda, torch.cuda.get_device_name(0))' \
+  $PY -c 'import torch; c = torch.cuda.is_available(); print("torch", torch.__version__, "cuda", torch.version.cuda, torch.cuda.get_device_name(0) if c else "NO CUDA DEVICE")' \
     2>&1 | tee -a "$SUMMARY"
   if $PY -c 'import sglang, sys; sys.exit(0 if sglang.__version__ == "0.5.23" else 3)' >"$LOGDIR/sglang_import.log" 2>&1; then
-    say "sglang 0.5.23 imports: benchmarks use the SGLang engine"
+    say "sglang 0.5.23 imports"
     $PY -c 'import sgl_kernel' >>"$LOGDIR/sglang_import.log" 2>&1 && say "sgl_kernel imports" \
       || say "sgl_kernel does NOT import (see logs/sglang_import.log)"
+    # can it build a runner and score here? (tiny random Llama; CUDA: SGLang's default backends)
+    if timeout --kill-after=10 120 $PY benchmarks/common.py --probe-sglang >"$LOGDIR/sglang_probe.log" 2>&1; then
+      say "SGLang runner builds and scores: benchmarks use the SGLang engine ($(grep SGLANG_OK "$LOGDIR/sglang_probe.log"))"
+    else
+      BACKEND=hf
+      say "SGLANG RUNNER FAILED TO BUILD OR SCORE (see logs/sglang_probe.log; last lines below): benchmarks run with --backend hf; their 'ours' numbers are sglang_mezo on TRANSFORMERS, not on the SGLang engine"
+      tail -n 8 "$LOGDIR/sglang_probe.log" | sed 's/^/    /' | tee -a "$SUMMARY"
+    fi
   else
     BACKEND=hf
     say "NO USABLE SGLANG HERE (see logs/sglang_import.log): benchmarks run with --backend hf; their 'ours' numbers are sglang_mezo on TRANSFORMERS, not on the SGLang engine"
   fi
 fi
 
+# model sizes (random-weight Llama presets of benchmarks/common.py); GPU_CHECK_SIZES="tiny tiny tiny" makes
+# a CPU smoke test of this script's mechanics
+read -r S_SMALL S_MID S_BIG <<<"${GPU_CHECK_SIZES:-0.5b 1b 8b}"
 B="--backend $BACKEND"
 [ "$DRY" = 1 ] && B="--backend sglang|hf"
 # pytest exit code 5 = no test carries the gpu marker (recorded as such in the log)
 run_item pytest_gpu             60  90 $PY -m pytest -m gpu -q -p no:cacheprovider tests
-run_item step_overhead_0.5b     60 120 $PY benchmarks/step_overhead.py $QUICK $B --llama 0.5b --batch 16,64 --repeats 5 --out-dir "$RES/step_overhead_0.5b"
-run_item vs_mezo_reference_1b   70 150 $PY benchmarks/vs_mezo_reference.py $QUICK $B --llama 1b --batch 16 --repeats 5 --out-dir "$RES/vs_mezo_reference_1b"
-run_item eval_throughput_0.5b   50 120 $PY benchmarks/eval_throughput.py $QUICK $B --llama 0.5b --n 128 --repeats 3 --out-dir "$RES/eval_throughput_0.5b"
-run_item drift_0.5b             70 120 $PY benchmarks/drift.py $QUICK --llama 0.5b --cycles 10 --batch 4 --out-dir "$RES/drift_0.5b"
-run_item memory_1b              90 180 $PY benchmarks/memory.py $QUICK $B --llama 1b --steps 2 --only inference,mezo_layerwise,mezo_inplace,hf_inference,mezo_reference,noise_native,noise_torch --noise-elements 1073741824 --out-dir "$RES/memory_1b"
-run_item step_overhead_8b      150 240 $PY benchmarks/step_overhead.py $QUICK $B --llama 8b --batch 16,64 --repeats 3 --out-dir "$RES/step_overhead_8b"
+run_item step_overhead_$S_SMALL     60 120 $PY benchmarks/step_overhead.py $QUICK $B --llama $S_SMALL --batch 16,64 --repeats 5 --out-dir "$RES/step_overhead_$S_SMALL"
+run_item vs_mezo_reference_$S_MID   70 150 $PY benchmarks/vs_mezo_reference.py $QUICK $B --llama $S_MID --batch 16 --repeats 5 --out-dir "$RES/vs_mezo_reference_$S_MID"
+run_item eval_throughput_$S_SMALL   50 120 $PY benchmarks/eval_throughput.py $QUICK $B --llama $S_SMALL --n 128 --repeats 3 --out-dir "$RES/eval_throughput_$S_SMALL"
+run_item memory_$S_MID             120 180 $PY benchmarks/memory.py $QUICK $B --llama $S_MID --steps 2 --only inference,mezo_layerwise,mezo_inplace,hf_inference,mezo_reference,noise_native --noise-elements ${GPU_CHECK_NOISE_ELEMENTS:-1073741824} --out-dir "$RES/memory_$S_MID"
+run_item drift_$S_SMALL             70 120 $PY benchmarks/drift.py $QUICK --llama $S_SMALL --cycles 10 --batch 2 --out-dir "$RES/drift_$S_SMALL"
+run_item step_overhead_$S_BIG      150 240 $PY benchmarks/step_overhead.py $QUICK $B --llama $S_BIG --batch 16,64 --repeats 3 --out-dir "$RES/step_overhead_$S_BIG"
 
 if [ "$DRY" = 1 ]; then
   echo "  5. pack $RES into \$OUT/gpu_results.tar.gz and copy the summary to \$OUT/gpu_check.log"

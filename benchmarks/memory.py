@@ -199,14 +199,14 @@ def main():
 
     p = base_parser(__doc__.splitlines()[0])
     p.add_argument("--batch", type=int, default=16)
-    p.add_argument("--steps", type=int, default=None, help="MeZO steps per child (default 3; --quick 1)")
+    p.add_argument("--steps", type=int, default=None, help="MeZO steps per child (default 2; --quick 1)")
     p.add_argument("--backend", default="sglang", choices=["sglang", "hf"])
     p.add_argument("--noise-elements", type=int, default=None,
                    help="elements of the noise tensor (default 134,217,728 ≈ the embedded model; --quick 2^25)")
     p.add_argument("--only", default=None, help="comma list of children to run (default: all)")
     p.add_argument("--skip-reference", action="store_true", help="skip the transformers children")
     args = p.parse_args()
-    steps = args.steps or (1 if args.quick else 3)
+    steps = args.steps or (1 if args.quick else 2)
     noise_n = args.noise_elements or ((1 << 25) if args.quick else (1 << 27))
     model_path = setup(args)
     start_info = machine_info()
@@ -259,7 +259,7 @@ def main():
                  "the workload (clear_refs 5), so 'workload peak' excludes import/model-load transients; "
                  "'life ru_maxrss' includes them. MeZO-step extra = workload peak(mezo) - workload peak"
                  "(inference). Goal: extra <= the largest single weight tensor.",
-        "machine_start": start_info})
+        "machine_start": start_info}, args.out_dir)
     print(f"wrote {path}")
 
 

@@ -132,7 +132,7 @@ def main():
                  "fused restore+update sweep (inplace); scratch = 2 copy-to-scratch-and-back round trips "
                  "(layerwise); objective = candidate scores + CE, twice; python = step - 2 forwards - the "
                  "rest (medians; can be negative within noise).",
-        "machine_start": start_info})
+        "machine_start": start_info}, args.out_dir)
     print(f"wrote {path}")
 
 

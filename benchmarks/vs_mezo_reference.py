@@ -113,7 +113,7 @@ def main():
                                      "remainder": main_t["mezo_reference_step"]["median_ms"] - 4 * ps - 2 * mf},
         "notes": "speedup = MeZO reference step time / our step time (min/min, median/median), timed "
                  "round-robin in one process. The reference is benchmarks/mezo_reference.py.",
-        "machine_start": start_info})
+        "machine_start": start_info}, args.out_dir)
     print(f"wrote {path}")
 
 

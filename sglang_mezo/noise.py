@@ -195,14 +195,15 @@ def _build_native():
 
     src = Path(__file__).with_name("noise_native.c")
     code = src.read_bytes()
-    tag = hashlib.blake2b(code, digest_size=6).hexdigest()
+    # -march=native: the build is only valid on this CPU model, so the CPU's flags are part of the key
+    tag = hashlib.blake2b(code + _cpu_flags(), digest_size=6).hexdigest()
     cache = Path(os.environ.get("SGLANG_MEZO_CACHE", Path.home() / ".cache" / "sglang_mezo"))
     so = cache / f"noise_native_{tag}.so"
     if not so.exists():
         cache.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryDirectory(dir=cache) as tmp:
             out = Path(tmp) / so.name
-            subprocess.run([os.environ.get("CC", "gcc"), "-O3", "-march=x86-64-v2" if _x86() else "-O3",
+            subprocess.run([os.environ.get("CC", "gcc"), "-O3", "-march=native",
                             "-fopenmp", "-ffp-contract=off", "-fPIC", "-shared", str(src), "-o", str(out)],
                            check=True, capture_output=True)
             os.replace(out, so)
@@ -214,10 +215,15 @@ def _build_native():
     return lib
 
 
-def _x86() -> bool:
+def _cpu_flags() -> bytes:
     import platform
 
-    return platform.machine() in ("x86_64", "AMD64")
+    try:
+        with open("/proc/cpuinfo", "rb") as f:
+            flags = next((l for l in f if l.startswith(b"flags")), b"")
+    except OSError:
+        flags = b""
+    return platform.machine().encode() + flags
 
 
 def _native_apply(lib, flat: torch.Tensor, key: int, base: int, ops: Sequence, decays: bool) -> None:

@@ -35,38 +35,42 @@ static inline float round_dt(float v, int dt) {      /* value as stored in the w
     return (float)(_Float16)v;
 }
 
-/* ops: kind[k] 0 = Add (w += z*a[k]), 1 = Update (w -= z*a[k] + w*b[k]; the w*b term only if decays) */
-static inline __attribute__((always_inline)) float apply_ops(float v, float z, int dt, int nops, const int* kind,
-                                                            const float* a, const float* b, int decays) {
-    for (int k = 0; k < nops; k++) {
-        float t = z * a[k];
-        if (kind[k] == 1 && b[k] != 0.0f && decays) t = t + round_dt(v * b[k], dt);
-        v = round_dt(kind[k] == 0 ? v + t : v - t, dt);
-    }
-    return v;
-}
+/* ops: kind[k] 0 = Add (w += z*a[k]), 1 = Update (w -= z*a[k] + w*b[k]; the w*b term only if decays).
+ * Tiles of T elements: hashes of the tile's blocks, then z, then each op as a flat loop over the tile, so
+ * the compiler vectorizes every stage (64-bit multiplies included, where the CPU has them). */
+#define T 2048
 
 static inline __attribute__((always_inline)) void run(void* w, const int dt, int64_t n, uint64_t key,
         int64_t start, const float* table, int nops, const int* kind, const float* a, const float* b,
         int decays, int nthreads) {
-    int64_t b0 = start >> 2, b1 = ((start + n - 1) >> 2) + 1;
+    int64_t ntiles = (n + T - 1) / T;
     #pragma omp parallel for num_threads(nthreads) schedule(static)
-    for (int64_t blk = b0; blk < b1; blk++) {
-        uint64_t h = mix(key + (uint64_t)(blk + 1) * GAMMA);
-        int64_t i0 = blk * 4 - start;
-        if (i0 >= 0 && i0 + 4 <= n) {          /* interior block: no bounds checks */
-            for (int lane = 0; lane < 4; lane++) {
-                float z = table[(h >> (16 * lane)) & 0xFFFF];
-                store(w, i0 + lane, dt, apply_ops(load(w, i0 + lane, dt), z, dt, nops, kind, a, b, decays));
-            }
-        } else {
-            for (int lane = 0; lane < 4; lane++) {
-                int64_t i = i0 + lane;
-                if (i < 0 || i >= n) continue;
-                float z = table[(h >> (16 * lane)) & 0xFFFF];
-                store(w, i, dt, apply_ops(load(w, i, dt), z, dt, nops, kind, a, b, decays));
+    for (int64_t tile = 0; tile < ntiles; tile++) {
+        uint64_t h[T / 4 + 2];
+        float z[T], v[T];
+        int64_t t0 = tile * T, m = n - t0 < T ? n - t0 : T;
+        int64_t g0 = start + t0, b0 = g0 >> 2, nb = ((g0 + m - 1) >> 2) - b0 + 1;
+        for (int64_t j = 0; j < nb; j++) h[j] = mix(key + (uint64_t)(b0 + j + 1) * GAMMA);
+        for (int64_t i = 0; i < m; i++) {
+            int64_t g = g0 + i;
+            z[i] = table[(h[(g >> 2) - b0] >> ((g & 3) * 16)) & 0xFFFF];
+        }
+        for (int64_t i = 0; i < m; i++) v[i] = load(w, t0 + i, dt);
+        for (int k = 0; k < nops; k++) {
+            const float ak = a[k], bk = b[k];
+            if (kind[k] == 0) {
+                for (int64_t i = 0; i < m; i++) v[i] = round_dt(v[i] + z[i] * ak, dt);
+            } else if (bk != 0.0f && decays) {
+                for (int64_t i = 0; i < m; i++) {
+                    float t = z[i] * ak;
+                    t = t + round_dt(v[i] * bk, dt);
+                    v[i] = round_dt(v[i] - t, dt);
+                }
+            } else {
+                for (int64_t i = 0; i < m; i++) v[i] = round_dt(v[i] - z[i] * ak, dt);
             }
         }
+        for (int64_t i = 0; i < m; i++) store(w, t0 + i, dt, v[i]);
     }
 }
 

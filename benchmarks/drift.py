@@ -19,7 +19,6 @@ import tempfile
 import time
 
 import numpy as np
-import torch
 
 from common import base_parser, machine_info, sst2, table, write_result
 from mezo_reference import MeZOArgs, MeZOReference, classification_inputs

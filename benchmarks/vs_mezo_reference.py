@@ -17,8 +17,8 @@ import common  # noqa: F401
 import numpy as np
 import torch
 
-from common import base_parser, interleaved, machine_info, ratio, setup, sst2, table, timeit, write_result
-from mezo_reference import MeZOArgs, MeZOReference, classification_inputs, classification_loss
+from common import base_parser, interleaved, machine_info, ratio, setup, sst2, table, write_result
+from mezo_reference import MeZOArgs, MeZOReference, classification_inputs
 
 
 def main():

@@ -1,10 +1,11 @@
 """How the step visits θ ± εz. Two strategies behind one small interface (`losses`, `update`):
 
-* `Layerwise` (default, exact): a decoder layer is perturbed just before it runs and copied back from a
-  one-layer scratch buffer right after (forward hooks); weights outside the layers (embeddings, final
-  norm, lm_head — used at both ends when tied) are perturbed for the whole forward and copied back from
-  a scratch of their size. Weights come back bit-identical in every dtype; extra memory is one layer or
-  the largest outside tensor, never a model copy; pointers never change.
+* `Layerwise` (default, exact): each weight is perturbed only while the module that reads it runs — a
+  decoder layer just before it runs, copied back from a scratch buffer right after (forward hooks); the
+  embedding, final norm and lm_head likewise around their own modules (a tied embedding gets two such
+  windows: the lookup and the logits). Weights come back bit-identical in every dtype; the one scratch
+  buffer is as large as the largest window (a layer or the largest single tensor), never a model copy;
+  pointers never change.
 * `InPlace` (MeZO's own): +εz, −2εz, +εz on all weights. Not exact in floating point (measured: ~30 %
   of bf16 and ~50 % of fp16 elements change per lr = 0 cycle) but needs no hooks; the restore shares one
   noise generation with the update. Used where a model has no layer list, and to compare.
@@ -84,18 +85,38 @@ class Layerwise:
     name = "layerwise"
 
     def __init__(self, pieces, layers: Sequence[torch.nn.Module], on_change: Callable[[], None] = lambda: None,
-                 replay: bool = False):
+                 replay: bool = False, model: torch.nn.Module | None = None):
         self.pieces, self.on_change, self.replay = pieces, on_change, replay
-        owner = {}
-        for i, layer in enumerate(layers):
+        # Windows: (module, pieces perturbed only while that module runs). A decoder layer is a window for
+        # its own weights; outside the layers, the module owning a weight (embedding, final norm, lm_head)
+        # is its window, and SGLang's logits processor is a second window for lm_head's weight (it reads
+        # lm_head.weight without calling lm_head). Anything else is perturbed for the whole forward.
+        users: dict[int, list[torch.nn.Module]] = {}
+        for layer in layers:
             for prm in layer.parameters():
-                owner[prm.untyped_storage().data_ptr()] = i
-        self.layers = list(layers)
-        self.by_layer: list[list] = [[] for _ in layers]
+                users[prm.untyped_storage().data_ptr()] = [layer]
+        if model is not None:
+            layer_ids = {id(l) for l in layers}
+            inside = {id(x) for l in layers for x in l.modules()}
+            for m in model.modules():
+                if id(m) in inside or any(id(x) in layer_ids for x in m.modules()):
+                    continue  # a layer, inside one, or an ancestor of layers: not a window of its own
+                for prm in m._parameters.values():
+                    if prm is not None:
+                        users.setdefault(prm.untyped_storage().data_ptr(), []).append(m)
+            lm_head, lp = getattr(model, "lm_head", None), getattr(model, "logits_processor", None)
+            if isinstance(lm_head, torch.nn.Module) and isinstance(lp, torch.nn.Module):
+                for prm in lm_head.parameters():
+                    users.setdefault(prm.untyped_storage().data_ptr(), []).append(lp)
+        windows: dict[int, tuple[torch.nn.Module, list]] = {}
         self.outside: list = []
         for p in pieces:
-            i = owner.get(p.view.untyped_storage().data_ptr())
-            (self.outside if i is None else self.by_layer[i]).append(p)
+            mods = users.get(p.view.untyped_storage().data_ptr())
+            if not mods:
+                self.outside.append(p)
+            for m in mods or []:
+                windows.setdefault(id(m), (m, []))[1].append(p)
+        self.windows = list(windows.values())
         self._scratch: dict = {}
 
     def _buf(self, tag, tensors) -> torch.Tensor:
@@ -143,30 +164,29 @@ class Layerwise:
             return _finite(loss())
         stack = []
 
-        def pre(i):
-            def hook(module, args, kwargs=None):
-                cm = self._saved(self.by_layer[i], "layer")
+        def pre(pieces):
+            def hook(module, args):
+                cm = self._saved(pieces, "window")
                 cm.__enter__()
                 stack.append(cm)
-                sweep(self.by_layer[i], seed, [Add(scale)])
+                sweep(pieces, seed, [Add(scale)])
             return hook
 
         def post(module, args, output):
             stack.pop().__exit__(None, None, None)
 
         handles = []
-        for i, layer in enumerate(self.layers):
-            if self.by_layer[i]:
-                handles.append(layer.register_forward_pre_hook(pre(i)))
-                handles.append(layer.register_forward_hook(post))
+        for module, pieces in self.windows:
+            handles.append(module.register_forward_pre_hook(pre(pieces)))
+            handles.append(module.register_forward_hook(post))
         try:
-            with self._saved(self.outside, "outside"):
+            with self._saved(self.outside, "forward"):
                 sweep(self.outside, seed, [Add(scale)])
                 self.on_change()
                 try:
                     return _finite(loss())
                 finally:
-                    while stack:  # a forward that raised mid-layer: put that layer back too
+                    while stack:  # a forward that raised inside a window: put those weights back too
                         stack.pop().__exit__(None, None, None)
         finally:
             for h in handles:
@@ -182,11 +202,11 @@ class Layerwise:
         pass
 
 
-def make(mode: str, pieces, layers=None, on_change=lambda: None, replay: bool = False):
+def make(mode: str, pieces, layers=None, on_change=lambda: None, replay: bool = False, model=None):
     if mode == "layerwise":
         if not layers and not replay:
             raise ValueError("exact layer-wise perturbation needs the model's decoder layer list")
-        return Layerwise(pieces, layers or [], on_change, replay)
+        return Layerwise(pieces, layers or [], on_change, replay, model)
     if mode == "inplace":
         return InPlace(pieces, on_change, replay)
     raise ValueError(f"unknown perturbation mode {mode!r}: choose 'layerwise' or 'inplace'")

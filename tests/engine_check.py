@@ -62,7 +62,27 @@ def run(model_dir: str) -> dict:
     res["padding_rows"] = int(emb.shape[0] - hf.vocab_size)
     res["padding_untouched"] = bool(torch.equal(pad_before, emb.data[hf.vocab_size:]))
     res["logprob_gap_after"] = logprob_gap(sgl, hf, reqs)
+    res.update(windows_see_the_perturbed_model(sgl))
+    res.update({f"hf_{k}": v for k, v in windows_see_the_perturbed_model(hf).items()})
     return res
+
+
+def windows_see_the_perturbed_model(backend, seed: int = 77, eps: float = 1e-2) -> dict:
+    """L(θ+εz) through exact per-module windows equals L(θ+εz) with every weight perturbed in place, bit
+    for bit (so no weight is read outside its window), and the windows leave θ untouched."""
+    from sglang_mezo.objectives import ce, encode, candidate_scores
+    from sglang_mezo.tasks import Example
+
+    ex = [Example(p, [" terrible", " great"], i % 2) for i, p in enumerate(PROMPTS)]
+    enc = encode(ex, backend.tokenizer)
+    loss = lambda: ce(candidate_scores(backend, enc), enc.labels)  # noqa: E731
+    before = [p.view.clone() for p in backend.pieces]
+    lw = backend.weights(backend.pieces, "layerwise").losses(seed, [eps], loss)[0]
+    exact = all(torch.equal(a, p.view) for a, p in zip(before, backend.pieces))
+    ip = backend.weights(backend.pieces, "inplace")
+    l_ip = ip.losses(seed, [eps], loss)[0]
+    ip.flush()
+    return {"window_loss_equal": lw == l_ip, "window_exact": exact, "window_loss_moved": lw != loss()}
 
 
 if __name__ == "__main__":

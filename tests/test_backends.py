@@ -64,6 +64,8 @@ def test_tied_embeddings_and_odd_vocab_in_fresh_process(tiny_tied_model):
     assert res["names_equal"] and res["mismatched"] == 0 and res["elements"] > 0
     assert res["padding_rows"] > 0 and res["padding_untouched"]
     assert res["logprob_gap"] <= 1e-4 and res["logprob_gap_after"] <= 1e-4
+    for pre in ("", "hf_"):  # tied embedding: windows around the lookup and around the logits
+        assert res[pre + "window_loss_equal"] and res[pre + "window_exact"] and res[pre + "window_loss_moved"], res
 
 
 def test_trainable_regex(sglang_backend):

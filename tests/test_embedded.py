@@ -12,6 +12,8 @@ def test_backends_agree_and_noise_is_bit_identical(embedded_model):
     assert res["logprob_gap"] <= 1e-4, res
     assert res["names_equal"] and res["mismatched"] == 0 and res["elements"] > 100_000_000, res
     assert res["logprob_gap_after"] <= 1e-4, res
+    for pre in ("", "hf_"):
+        assert res[pre + "window_loss_equal"] and res[pre + "window_exact"] and res[pre + "window_loss_moved"], res
 
 
 def test_short_train_writes_every_output_and_replays(embedded_model, tmp_path):

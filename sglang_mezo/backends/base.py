@@ -76,7 +76,7 @@ class Backend:
         """The step's view of `pieces`: how θ ± εz is visited (perturb.py) and how updates land."""
         from ..perturb import make
 
-        return make(mode, pieces, self.layers, self.changed, replay)
+        return make(mode, pieces, self.layers, self.changed, replay, self.model)
 
     def load_base(self) -> None:
         """Put the base checkpoint's weights back, in place."""

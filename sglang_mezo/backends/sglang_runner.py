@@ -34,7 +34,7 @@ def check_version() -> None:
 class SGLangBackend(Backend):
     name = "sglang"
 
-    def __init__(self, model_path: str, dtype: str = "float32", *, max_total_tokens: int = 16384,
+    def __init__(self, model_path: str, dtype: str = "float32", *, max_total_tokens: int = 8192,
                  device: str | None = None, verify_layout: bool = True, tp_size: int = 1):
         cpu_shims.install()
         check_version()

@@ -137,6 +137,8 @@ def train(cfg: TrainConfig) -> dict:
 
     try:
         dev_eval(0)
+        zero_shot = evaluate("test")  # the baseline the run is judged against, on the same test set
+        log({"step": 0, "split": "test", "zero_shot": True, **zero_shot})
         seed_rng = random.Random(cfg.seed)
         order = batches(len(data["train"]), cfg.batch_size, cfg.seed)
         from tqdm import tqdm
@@ -176,7 +178,7 @@ def train(cfg: TrainConfig) -> dict:
     save_model(model_path, backend.hf_state_dict(), hf_dtype(cfg.dtype), out / "model")
     plot_curves(history, out / "curves.png", title=f"{spec.name} · {cfg.objective} · {cfg.backend}")
     backend.close()
-    return {"zero_shot_dev_accuracy": history["dev_acc"][0], "final_dev_accuracy": final_dev["accuracy"],
+    return {"zero_shot_test_accuracy": zero_shot["accuracy"], "zero_shot_dev_accuracy": history["dev_acc"][0], "final_dev_accuracy": final_dev["accuracy"],
             "best_step": best["step"], "best_dev_accuracy": best["accuracy"], "test_accuracy": test["accuracy"],
             "steps": cfg.steps, "out": str(out)}
 

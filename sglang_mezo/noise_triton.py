@@ -31,6 +31,18 @@ def _round(v, OUT_DTYPE: tl.constexpr):
 
 
 @triton.jit
+def _op(v, z, a, b, KIND: tl.constexpr, DECAY: tl.constexpr, OUT_DTYPE: tl.constexpr):
+    """Add: v + z·a.  Update: v − (z·a + v·b), each product and sum rounded as torch rounds it."""
+    t = z * a
+    if KIND == 1:
+        if DECAY:
+            t = t + _round(v * b, OUT_DTYPE)
+        return _round(v - t, OUT_DTYPE)
+    else:
+        return _round(v + t, OUT_DTYPE)
+
+
+@triton.jit
 def _sweep_kernel(w_ptr, n, key, start, table_ptr, a0, b0, a1, b1,
                   NOPS: tl.constexpr, KIND0: tl.constexpr, KIND1: tl.constexpr, DECAY: tl.constexpr,
                   OUT_DTYPE: tl.constexpr, BLOCK: tl.constexpr):
@@ -45,22 +57,9 @@ def _sweep_kernel(w_ptr, n, key, start, table_ptr, a0, b0, a1, b1,
     u = (x >> ((idx & 3) * 16)) & 0xFFFF
     z = tl.load(table_ptr + u.to(tl.int32), mask=mask, other=0.0)
     v = tl.load(w_ptr + offs, mask=mask, other=0.0).to(tl.float32)
-    # op 0
-    t = z * a0
-    if KIND0 == 1:
-        if DECAY:
-            t = t + _round(v * b0, OUT_DTYPE)
-        v = _round(v - t, OUT_DTYPE)
-    else:
-        v = _round(v + t, OUT_DTYPE)
+    v = _op(v, z, a0, b0, KIND0, DECAY, OUT_DTYPE)
     if NOPS == 2:
-        t = z * a1
-        if KIND1 == 1:
-            if DECAY:
-                t = t + _round(v * b1, OUT_DTYPE)
-            v = _round(v - t, OUT_DTYPE)
-        else:
-            v = _round(v + t, OUT_DTYPE)
+        v = _op(v, z, a1, b1, KIND1, DECAY, OUT_DTYPE)
     if OUT_DTYPE == tl.bfloat16:  # v is already a bf16 value: keep its top half exactly
         v16 = (v.to(tl.uint32, bitcast=True) >> 16).to(tl.uint16)
         tl.store(w_ptr + offs, v16.to(tl.bfloat16, bitcast=True), mask=mask)

@@ -2,9 +2,8 @@
 
 The routes run in the HTTP process and reach the schedulers through SGLang's RPC channel (the same one
 `Engine.collective_rpc` uses), one call at a time; ordinary requests keep flowing between calls.
+(No `from __future__ import annotations` here: FastAPI reads the handlers' annotations at runtime.)
 """
-
-
 import asyncio
 import json
 import os
@@ -15,8 +14,8 @@ import uuid
 from .. import cpu_shims
 from .protocol import RequestError, parse_rollback, parse_save, parse_step, parse_train
 
-_rpc = None          # (socket, lock) once the schedulers are up
-_port_args = None
+_rpc = None          # DEALER socket to the schedulers, opened on first use
+_port_args = None    # SGLang's IPC names, captured when it launches its processes
 
 
 class _State:

@@ -26,7 +26,7 @@ endif
 # MeZO's accuracy objective (−accuracy, non-differentiable) on SST-2, k = 16 per class, embedded model.
 demo: install
 	$(VENV)/bin/sglang-mezo train --task sst2 --objective accuracy --backend sglang --k-shot 16 \
-	  --steps 250 --batch-size 32 --lr 1e-5 --eps 1e-3 --eval-every 50 --seed 42 --out runs/demo --overwrite \
+	  --steps 250 --batch-size 32 --lr 1e-4 --eps 1e-2 --eval-every 50 --seed 42 --out runs/demo --overwrite \
 	  | $(PY) -c "import json,sys; r=json.loads(sys.stdin.read().splitlines()[-1]); \
 	    z, t = r['zero_shot_test_accuracy'], r['test_accuracy']; \
 	    print(f\"SST-2 test accuracy: zero-shot {z:.3f} -> MeZO {t:.3f} (best dev step {r['best_step']}, {r['out']})\")"

@@ -54,6 +54,10 @@ def main():
         print(f"{r['eps']:7.0e} {r['batch']:5d} {r['zero_fraction']:10.2f} {r['all_zero_n2']:11.2f} {r['all_zero_n4']:11.2f}")
     out = ROOT / "benchmarks" / "results" / "accuracy_zero_diffs.json"
     out.parent.mkdir(parents=True, exist_ok=True)
+    if out.exists():  # keep rows of other (eps, batch) settings measured by earlier invocations
+        new = {(r["eps"], r["batch"]) for r in rows}
+        rows = [r for r in json.loads(out.read_text())["rows"] if (r["eps"], r["batch"]) not in new] + rows
+        rows.sort(key=lambda r: (r["eps"], r["batch"]))
     out.write_text(json.dumps({"model": "SmolLM2-135M-Instruct (embedded)", "task": "sst2 train batches",
                                "rows": rows}, indent=1))
 

@@ -36,7 +36,7 @@ SETTINGS = {
     "n1000": ["--k-shot", "0", "--n-train", "1000", "--n-dev", "500", "--seed", "42", "--eval-every", "100"],
 }
 OBJECTIVES = {"ce": ["--objective", "ce", "--batch-size", "16", "--lr", "2e-5", "--eps", "1e-3"],
-              "accuracy": ["--objective", "accuracy", "--batch-size", "32", "--lr", "1e-5", "--eps", "1e-3"]}
+              "accuracy": ["--objective", "accuracy", "--batch-size", "32", "--lr", "1e-4", "--eps", "1e-2"]}
 
 
 def summarize(name: str, out: Path) -> dict:

@@ -45,6 +45,7 @@ def main():
     ap.add_argument("--model", default=None)
     ap.add_argument("--requests", type=int, default=200)
     ap.add_argument("--batch-size", type=int, default=16)
+    ap.add_argument("--interval", type=float, default=0.0, help="/mezo/train interval_s between steps")
     args = ap.parse_args()
     sys.path.insert(0, str(ROOT))
     from sglang_mezo.models import make_tiny_llama
@@ -67,12 +68,13 @@ def main():
         measure(url, 10)  # warm-up
         idle = measure(url, args.requests)
         r = requests.post(url + "/mezo/train", json={"task": "sst2", "steps": 100000, "lr": 1e-6, "eps": 1e-3,
-                                                      "batch_size": args.batch_size, "seed": 1}, timeout=60)
+                                                      "batch_size": args.batch_size, "seed": 1,
+                                                      "interval_s": args.interval}, timeout=60)
         r.raise_for_status()
         time.sleep(2)
         busy = measure(url, args.requests)
         steps = requests.get(url + "/mezo/status", timeout=600).json()
-        res = {"model": model, "idle": idle, "training": busy, "steps_during_measurement": steps.get("done"),
+        res = {"model": model, "interval_s": args.interval, "batch_size": args.batch_size, "idle": idle, "training": busy, "steps_during_measurement": steps.get("done"),
                "p50_ratio": busy["p50_ms"] / idle["p50_ms"], "p99_ratio": busy["p99_ms"] / idle["p99_ms"],
                "threads": os.environ.get("OMP_NUM_THREADS", "1 (serve default on CPU)"),
                "date": time.strftime("%Y-%m-%d %H:%M")}
@@ -85,7 +87,9 @@ def main():
           f"p99 x{res['p99_ratio']:.2f}")
     out = ROOT / "benchmarks" / "results" / "serve_latency.json"
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(res, indent=1))
+    runs = json.loads(out.read_text()).get("runs", []) if out.exists() else []
+    runs = [r for r in runs if r.get("interval_s") != args.interval] + [res]
+    out.write_text(json.dumps({"runs": sorted(runs, key=lambda r: r["interval_s"])}, indent=1))
 
 
 if __name__ == "__main__":

@@ -46,7 +46,7 @@ def parse_step(d) -> StepArgs:
     if not isinstance(d, dict):
         raise RequestError("request body must be a JSON object")
     unknown = set(d) - {"lr", "eps", "weight_decay", "objective", "seed", "examples", "task", "batch_size",
-                        "k_shot", "n_queries", "estimator", "steps"}
+                        "k_shot", "n_queries", "estimator", "steps", "interval_s"}
     if unknown:
         raise RequestError(f"unknown field(s) {sorted(unknown)}")
     examples, task = d.get("examples"), d.get("task")
@@ -77,6 +77,8 @@ def parse_step(d) -> StepArgs:
     estimator = d.get("estimator", "two_point")
     if estimator not in ("two_point", "one_point"):
         raise RequestError("'estimator' must be 'two_point' or 'one_point'")
+    if "steps" in d or "interval_s" in d:
+        raise RequestError("'steps'/'interval_s' belong to /mezo/train")
     return StepArgs(lr=_num(d, "lr", nonneg=True), eps=_num(d, "eps", 1e-3, positive=True),
                     weight_decay=_num(d, "weight_decay", 0.0, nonneg=True), objective=objective, seed=seed,
                     examples=examples, task=task, batch_size=_num(d, "batch_size", 16, integer=True, positive=True),
@@ -84,11 +86,13 @@ def parse_step(d) -> StepArgs:
                     estimator=estimator)
 
 
-def parse_train(d) -> tuple[int, StepArgs]:
+def parse_train(d) -> tuple[int, float, StepArgs]:
+    """steps, interval_s (pause between steps: serving gets that much time to itself), step args."""
     if not isinstance(d, dict):
         raise RequestError("request body must be a JSON object")
     steps = _num(d, "steps", integer=True, positive=True)
-    return steps, parse_step(d)
+    interval = _num(d, "interval_s", 0.0, nonneg=True)
+    return steps, interval, parse_step({k: v for k, v in d.items() if k not in ("steps", "interval_s")})
 
 
 def parse_rollback(d) -> int:

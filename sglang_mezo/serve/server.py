@@ -135,11 +135,11 @@ def _add_routes(app) -> None:
     @route("/mezo/train")
     async def train(request):
         args = await body(request)
-        steps, _ = parse_train(args)
+        steps, interval, _ = parse_train(args)
         st = state()
         if st.lock.locked() or (st.train_task and not st.train_task.done()):
             raise RequestError("a MeZO step or training run is in progress", 409)
-        step_args = {k: v for k, v in args.items() if k != "steps"}
+        step_args = {k: v for k, v in args.items() if k not in ("steps", "interval_s")}
         st.progress = {"running": True, "done": 0, "total": steps, "last": None, "error": None}
 
         async def run():
@@ -151,7 +151,7 @@ def _add_routes(app) -> None:
                         st.progress["error"] = res.get("error", res)
                         break
                     st.progress.update(done=i + 1, last=res)
-                    await asyncio.sleep(0)  # let ordinary requests through between steps
+                    await asyncio.sleep(interval)  # ordinary requests run freely between steps
             finally:
                 st.progress["running"] = False
 

@@ -44,7 +44,7 @@ def summarize(name: str, out: Path) -> dict:
     cfg = json.loads((out / "config.json").read_text())
     metrics = [json.loads(l) for l in (out / "metrics.jsonl").read_text().splitlines()]
     evals = [m for m in metrics if "split" in m]
-    test = [m for m in evals if m["split"] == "test"]
+    test = [m for m in evals if m["split"] == "test" and "best_step" in m]
     if not test:
         raise SystemExit(f"{out}: run not finished")
     steps = [m for m in metrics if "time_s" in m]

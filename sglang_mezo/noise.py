@@ -22,6 +22,7 @@ from typing import Iterable, Sequence
 
 import torch
 
+VERSION = "splitmix64-quantile/1"  # recorded in every trajectory: replays need the same z
 GAMMA = 0x9E3779B97F4A7C15
 M1 = 0xBF58476D1CE4E5B9
 M2 = 0x94D049BB133111EB

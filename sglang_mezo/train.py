@@ -21,7 +21,7 @@ from .backends.base import hf_dtype
 from .export import save_model
 from .mezo import MeZOConfig, mezo_step, replay_step
 from .models import resolve_model
-from .trajectory import TrajectoryWriter
+from .trajectory import TrajectoryWriter, make_header
 
 
 class OutputError(ValueError):
@@ -111,11 +111,8 @@ def train(cfg: TrainConfig) -> dict:
     resolved = {**asdict(cfg), "model": model_path, "n_trainable": sum(p.view.numel() for p in pieces),
                 "split_sizes": {k: len(v) for k, v in data.items()}}
     (out / "config.json").write_text(json.dumps(resolved, indent=2))
-    names = list(dict.fromkeys(p.hf_name for p in pieces))
-    traj = TrajectoryWriter(out / "trajectory.jsonl", {
-        "base_model": model_path, "dtype": cfg.dtype, "trainable": cfg.trainable,
-        "trainable_names": names, "noise": "splitmix64-quantile/1", "backend": cfg.backend,
-        "perturb": cfg.perturb})
+    traj = TrajectoryWriter(out / "trajectory.jsonl", make_header(
+        model_path, cfg.dtype, pieces, cfg.backend, cfg.perturb, cfg.trainable))
     metrics = open(out / "metrics.jsonl", "w", encoding="utf-8")
 
     def log(obj):

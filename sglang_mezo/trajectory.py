@@ -21,6 +21,26 @@ class TrajectoryError(ValueError):
     pass
 
 
+def make_header(base_model: str, dtype: str, pieces, backend: str, perturb: str, trainable=None) -> dict:
+    """What a replay needs besides the steps: base model, dtype, the trained HF tensors, noise, perturb mode."""
+    from .noise import VERSION
+
+    return {"base_model": base_model, "dtype": dtype, "trainable": trainable,
+            "trainable_names": list(dict.fromkeys(p.hf_name for p in pieces)), "noise": VERSION,
+            "backend": backend, "perturb": perturb}
+
+
+def write(path: str | Path, header: dict, records) -> None:
+    """A whole trajectory file, written to a temporary name and renamed into place."""
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    w = TrajectoryWriter(tmp, header)
+    for r in records:
+        w.append(r)
+    w.close()
+    tmp.replace(path)
+
+
 class TrajectoryWriter:
     def __init__(self, path: Path, header: dict):
         self.path = Path(path)

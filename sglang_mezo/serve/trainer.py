@@ -8,7 +8,6 @@ requests re-prefill under the new weights: no request ever sees perturbed weight
 """
 from __future__ import annotations
 
-import json
 import random
 import time
 from contextlib import contextmanager
@@ -19,7 +18,6 @@ import torch
 from .. import objectives, tasks
 from ..backends.base import select_trainable
 from ..mezo import MeZOConfig, StepRecord, mezo_step, replay_step
-from ..trajectory import FORMAT
 from .protocol import RequestError, StepArgs
 
 
@@ -92,16 +90,8 @@ class ServedTrainer:
         self.records = keep
         return {"steps": len(keep), "rolled_back": k}
 
-    def header(self) -> dict:
-        names = list(dict.fromkeys(p.hf_name for p in self.pieces))
-        dtype = str(self.backend.dtype).removeprefix("torch.")
-        return {"format": FORMAT, "base_model": self.backend.model_path, "dtype": dtype, "trainable": None,
-                "trainable_names": names, "noise": "splitmix64-quantile/1", "backend": "sglang-serve",
-                "perturb": self.perturb}
-
     def save(self, path: str) -> dict:
-        from dataclasses import asdict
-
+        from .. import trajectory
         from ..export import save_model
 
         out = Path(path)
@@ -110,12 +100,9 @@ class ServedTrainer:
         out.mkdir(parents=True, exist_ok=True)
         with self._exclusive():  # weights are never mid-perturbation here; exclusive keeps it so
             save_model(self.backend.model_path, self.backend.hf_state_dict(), self.backend.dtype, out / "model")
-        tmp = out / "trajectory.jsonl.tmp"
-        with open(tmp, "w", encoding="utf-8") as f:
-            f.write(json.dumps(self.header()) + "\n")
-            for r in self.records:
-                f.write(json.dumps(asdict(r)) + "\n")
-        tmp.replace(out / "trajectory.jsonl")
+        dtype = str(self.backend.dtype).removeprefix("torch.")
+        trajectory.write(out / "trajectory.jsonl", trajectory.make_header(
+            self.backend.model_path, dtype, self.pieces, "sglang-serve", self.perturb), self.records)
         return {"path": str(out), "steps": len(self.records)}
 
     def status(self) -> dict:

@@ -65,7 +65,7 @@ def main():
     lw = weights["layerwise"]
 
     def scratch_roundtrip():  # what Layerwise._at copies, once per forward
-        for group, tag in [(lw.outside, "outside")] + [(g, "layer") for g in lw.by_layer]:
+        for group, tag in [(lw.outside, "forward")] + [(ps, "window") for _, ps in lw.windows]:
             with lw._saved(group, tag):
                 pass
 

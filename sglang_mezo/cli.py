@@ -100,12 +100,12 @@ def replay_cmd(args) -> dict:
     from .backends.base import hf_dtype
     from .export import save_model
     from .models import resolve_model
+    from .train import check_out
     from .trajectory import read, replay
 
     header, records = read(args.trajectory)
     base = resolve_model(args.base or header["base_model"])
-    if Path(args.out).exists() and any(Path(args.out).iterdir()):
-        raise ValueError(f"--out {args.out} is not empty; choose a new directory")
+    check_out(Path(args.out), overwrite=None)
     weights = replay(base, args.trajectory, args.upto)
     save_model(base, weights, hf_dtype(header["dtype"]), args.out)
     return {"out": args.out, "steps": len(records) if args.upto is None else args.upto}

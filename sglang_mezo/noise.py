@@ -147,8 +147,8 @@ def sweep(pieces: Iterable, seed: int, ops: Sequence, chunk: int = CHUNK, impl: 
         for flat, base in _ranges(p):
             if flat.numel() == 0:
                 continue
-            if impl != "torch" and flat.device.type == "cpu" and flat.dtype in _DT and flat.is_contiguous() \
-                    and impl != "triton" and (lib := native_lib(required=impl == "native")) is not None:
+            if impl in ("auto", "native") and flat.device.type == "cpu" and flat.dtype in _DT \
+                    and flat.is_contiguous() and (lib := native_lib(required=impl == "native")) is not None:
                 _native_apply(lib, flat, key, base, ops, p.decays)
                 continue
             if impl == "triton" or (impl == "auto" and flat.is_cuda and flat.dtype in _DT
@@ -227,12 +227,19 @@ def _cpu_flags() -> bytes:
     return platform.machine().encode() + flags
 
 
+def op_scalars(ops: Sequence) -> tuple[list[int], torch.Tensor, torch.Tensor]:
+    """Per op: kind (0 Add, 1 Update), coefficient and decay — the scalars rounded to float32 exactly as
+    torch rounds a Python float multiplied into an fp32 tensor (the fused kernels must match torch)."""
+    kinds = [0 if isinstance(o, Add) else 1 for o in ops]
+    a = torch.tensor([o.scale if isinstance(o, Add) else o.coef for o in ops], dtype=torch.float32)
+    b = torch.tensor([0.0 if isinstance(o, Add) else o.decay for o in ops], dtype=torch.float32)
+    return kinds, a, b
+
+
 def _native_apply(lib, flat: torch.Tensor, key: int, base: int, ops: Sequence, decays: bool) -> None:
     import ctypes
 
-    kinds = (ctypes.c_int * len(ops))(*[0 if isinstance(o, Add) else 1 for o in ops])
-    # The scalars are rounded to float32 exactly as torch rounds a Python float multiplied into fp32.
-    a = torch.tensor([o.scale if isinstance(o, Add) else o.coef for o in ops], dtype=torch.float32)
-    b = torch.tensor([0.0 if isinstance(o, Add) else o.decay for o in ops], dtype=torch.float32)
+    kind, a, b = op_scalars(ops)
+    kinds = (ctypes.c_int * len(ops))(*kind)
     lib.sweep(flat.data_ptr(), _DT[flat.dtype], flat.numel(), key, base, TABLE.data_ptr(), len(ops),
               ctypes.addressof(kinds), a.data_ptr(), b.data_ptr(), int(decays), torch.get_num_threads())

@@ -11,7 +11,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .noise import GAMMA, M1, M2, TABLE, Add
+from .noise import _on, op_scalars
 
 BLOCK = 1024
 
@@ -68,19 +68,15 @@ def _sweep_kernel(w_ptr, n, key, start, table_ptr, a0, b0, a1, b1,
 
 
 _TL = {torch.float32: tl.float32, torch.bfloat16: tl.bfloat16, torch.float16: tl.float16}
-_tables: dict = {}
 
 
 def apply(flat: torch.Tensor, key: int, start: int, ops, decays: bool) -> None:
     """flat: contiguous 1-D view (HF indices start..start+n-1). At most two ops per launch."""
-    assert len(ops) in (1, 2) and sum(1 for o in ops if not isinstance(o, Add)) <= 1
-    table = _tables.get(flat.device)
-    if table is None:
-        table = _tables[flat.device] = TABLE.to(flat.device)
-    kinds = [0 if isinstance(o, Add) else 1 for o in ops]
-    # scalars rounded to fp32 as torch rounds a Python float multiplied into an fp32 tensor
-    a = [float(torch.tensor(o.scale if isinstance(o, Add) else o.coef, dtype=torch.float32)) for o in ops]
-    b = [float(torch.tensor(0.0 if isinstance(o, Add) else o.decay, dtype=torch.float32)) for o in ops]
+    assert len(ops) in (1, 2)
+    table = _on(flat.device)[0]
+    kinds, a, b = op_scalars(ops)
+    assert kinds.count(1) <= 1
+    a, b = a.tolist(), b.tolist()
     decay = any(bb != 0.0 for bb in b) and decays
     a += [0.0] * (2 - len(a))
     b += [0.0] * (2 - len(b))
@@ -90,5 +86,3 @@ def apply(flat: torch.Tensor, key: int, start: int, ops, decays: bool) -> None:
         flat, n, key, start, table, a[0], b[0], a[1], b[1], NOPS=len(ops), KIND0=kinds[0], KIND1=kinds[1],
         DECAY=decay, OUT_DTYPE=_TL[flat.dtype], BLOCK=BLOCK, enable_fp_fusion=False)
 
-
-__all__ = ["apply", "GAMMA", "M1", "M2"]

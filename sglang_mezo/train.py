@@ -62,12 +62,13 @@ class TrainConfig:
                           estimator=self.estimator, n_queries=self.n_queries)
 
 
-def _check_out(out: Path, overwrite: bool) -> None:
+def check_out(out: Path, overwrite: bool | None) -> None:
+    """--out must be a new or empty directory; overwrite=None: the command has no --overwrite."""
     if out.exists() and not out.is_dir():
         raise OutputError(f"--out {out} exists and is not a directory")
     if out.is_dir() and any(out.iterdir()) and not overwrite:
-        raise OutputError(f"--out {out} is not empty; choose a new directory (or --overwrite to replace "
-                          "the files this job writes)")
+        hint = "" if overwrite is None else " (or --overwrite to replace the files this job writes)"
+        raise OutputError(f"--out {out} is not empty; choose a new directory{hint}")
 
 
 def batches(n: int, size: int, seed: int):
@@ -94,7 +95,7 @@ def train(cfg: TrainConfig) -> dict:
         raise ValueError(f"--keep must be 'best' or 'last', got {cfg.keep!r}")
     hf_dtype(cfg.dtype)
     out = Path(cfg.out)
-    _check_out(out, cfg.overwrite)
+    check_out(out, cfg.overwrite)
     model_path = resolve_model(cfg.model)
     spec = tasks.get_task(cfg.task)
     data = tasks.splits(spec, k_shot=cfg.k_shot, seed=cfg.seed, n_train=cfg.n_train, n_dev=cfg.n_dev,

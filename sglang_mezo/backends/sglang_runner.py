@@ -166,9 +166,6 @@ class SGLangBackend(Backend):
     def hf_state_dict(self) -> dict[str, torch.Tensor]:
         return assemble_hf(self._pieces)
 
-    def close(self) -> None:
-        pass
-
 
 def refuse_derived_caches(model) -> None:
     """SGLang refuses online weight updates for models with derived weight caches; so do we."""

@@ -25,7 +25,10 @@ def _train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--estimator", default="two_point", help="two_point | one_point")
     p.add_argument("--n-queries", type=int, default=1, help="n-SPSA: seeds per step")
     p.add_argument("--trainable", default=None, help="regex over HF parameter names (default: all)")
-    p.add_argument("--data-dir", default=None, help="task data root (default: shared/data)")
+    p.add_argument("--data-dir", default=None,
+                   help="task data root (default: $SGLANG_MEZO_DATA, else the data shipped in the package)")
+    p.add_argument("--chat-template", action="store_true",
+                   help="wrap each prompt as a user turn with the tokenizer's chat template")
     p.add_argument("--n-train", type=int, default=1000, help="with --k-shot 0")
     p.add_argument("--n-dev", type=int, default=500, help="with --k-shot 0")
     p.add_argument("--n-test", type=int, default=1000)
@@ -57,6 +60,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="N examples drawn with --seed (the same test subset `train --n-test N --seed S` uses)")
     e.add_argument("--seed", type=int, default=42)
     e.add_argument("--data-dir", default=None)
+    e.add_argument("--chat-template", action="store_true",
+                   help="wrap each prompt as a user turn with the tokenizer's chat template")
     e.add_argument("--batch-size", type=int, default=64)
     r = sub.add_parser("replay", help="rebuild trained weights from base model + trajectory")
     r.add_argument("--base", default=None, help="base model folder (default: the one in the trajectory)")
@@ -90,8 +95,11 @@ def evaluate_cmd(args) -> dict:
     spec = tasks.get_task(args.task)
     examples = tasks.subsample(tasks.load_split(spec, args.split, args.data_dir), args.limit, args.seed)
     backend = make_backend(args.backend, resolve_model(args.model), args.dtype)
+    if args.chat_template:
+        examples = tasks.apply_chat_template(examples, backend.tokenizer)
     res = objectives.evaluate(backend, examples, spec.single_token_labels, args.batch_size)
-    return {"task": spec.name, "split": args.split, "backend": args.backend, **res}
+    return {"task": spec.name, "split": args.split, "backend": args.backend,
+            "chat_template": args.chat_template, **res}
 
 
 def replay_cmd(args) -> dict:

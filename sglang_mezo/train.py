@@ -54,6 +54,7 @@ class TrainConfig:
     eval_batch_size: int = 64
     keep: str = "best"             # "best" dev step (MeZO's load_best_model_at_end) or "last"
     perturb: str = "layerwise"     # exact layer-wise ±εz, or MeZO's in-place +ε/−2ε/+ε ("inplace")
+    chat_template: bool = False    # wrap each prompt as a user turn with the tokenizer's chat template
     overwrite: bool = False
     progress: bool = True
 
@@ -101,6 +102,8 @@ def train(cfg: TrainConfig) -> dict:
     data = tasks.splits(spec, k_shot=cfg.k_shot, seed=cfg.seed, n_train=cfg.n_train, n_dev=cfg.n_dev,
                         n_test=cfg.n_test, data_dir=cfg.data_dir)
     backend = make_backend(cfg.backend, model_path, cfg.dtype)
+    if cfg.chat_template:
+        data = {k: tasks.apply_chat_template(v, backend.tokenizer) for k, v in data.items()}
     pieces = select_trainable(backend.pieces, cfg.trainable)
     weights = backend.weights(pieces, cfg.perturb)
     objectives.encode(data["train"][:1], backend.tokenizer, spec.single_token_labels)  # label words ok?

@@ -1,4 +1,4 @@
-"""Built-in tasks over the real shared/data files, the samplers' limits, and bad task data / definitions.
+"""Built-in tasks over the data shipped in sglang_mezo/data, the samplers' limits, and bad task data / definitions.
 No engine needed: only COPA's encoding is checked, with the tiny model's tokenizer."""
 from __future__ import annotations
 
@@ -50,14 +50,16 @@ def test_real_splits(name):
             if name in VERBALISERS:
                 assert ex.candidates == VERBALISERS[name]
         assert len(Counter(ex.label for ex in exs)) >= 2, f"{name}/{split} has one class only"
-    first = read_rows(Path(tasks.default_data_dir()) / spec.files["train"], spec.tsv_columns)[0]
+    first = read_rows(Path(tasks.default_data_dir()) / spec.files["train"], spec.columns)[0]
     assert probe(first) in load_split(spec, "train")[0].prompt
 
 
-def test_test_split_is_labeled_validation_not_unlabeled_test():
+def test_test_split_is_labeled_validation_not_unlabeled_test(tmp_path):
     for spec in tasks.TASKS.values():
         assert not spec.files["test"].endswith("/test.jsonl"), spec.name
-    unlabeled = TaskSpec("rte_test", {"test": "RTE/superglue/test.jsonl"}, tasks.RTE.template,
+    # an unlabeled file (as SuperGLUE's test.jsonl) is refused, never scored against a guessed label
+    (tmp_path / "test.jsonl").write_text('{"premise": "a", "hypothesis": "b", "idx": 0}\n')
+    unlabeled = TaskSpec("rte_test", {"test": str(tmp_path / "test.jsonl")}, tasks.RTE.template,
                          label_words=tasks.RTE.label_words)
     with pytest.raises(TaskError, match="missing label field"):
         load_split(unlabeled, "test")
@@ -186,9 +188,9 @@ def test_missing_field(tmp_path):
         load_split(_task(_file(tmp_path, ['{"sentence": "x", "label": 0}'])), "train")
     with pytest.raises(TaskError, match="missing label field"):
         load_split(_task(_file(tmp_path, ['{"text": "x"}'])), "train")
-    with pytest.raises(TaskError, match=r"d\.jsonl:1: missing field 'target'"):
+    with pytest.raises(TaskError, match=r"d\.jsonl, row 1: missing field 'target'"):
         load_split(_task(_file(tmp_path, ['{"text": "He ran.", "label": true}']), tasks.WSC), "train")
-    with pytest.raises(TaskError, match=r"d\.jsonl:1: missing field 'questions'"):
+    with pytest.raises(TaskError, match=r"d\.jsonl, row 1: missing field 'questions'"):
         load_split(_task(_file(tmp_path, ['{"passage": {"text": "p"}}']), tasks.MULTIRC), "train")
     row = {k: v for k, v in COPA_ROW.items() if k != "choice2"}
     with pytest.raises(TaskError, match="missing field 'choice2'"):
@@ -202,7 +204,7 @@ def test_unknown_label(tmp_path):
     with pytest.raises(TaskError, match="unknown label 'neutral'"):
         load_split(_task(path, tasks.RTE), "train")
     for bad, msg in (({"label": 2}, "unknown label 2"), ({"question": "why"}, "unknown COPA question")):
-        with pytest.raises(TaskError, match=rf"d\.jsonl:1: {msg}"):
+        with pytest.raises(TaskError, match=rf"d\.jsonl, row 1: {msg}"):
             load_split(_task(_file(tmp_path, [json.dumps({**COPA_ROW, **bad})]), tasks.COPA), "train")
 
 

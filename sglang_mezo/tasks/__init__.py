@@ -1,12 +1,14 @@
-"""Tasks: MeZO's prompt templates and label words, data from shared/data or a user path, samplers."""
+"""Tasks: MeZO's prompt templates and label words, data shipped in sglang_mezo/data or a user path, samplers."""
 from __future__ import annotations
 
 from pathlib import Path
 
 from .builtin import (BOOLQ, BUILTIN, CB, COPA, MNLI, MULTIRC, RTE, SNLI, SST2, WIC,  # noqa: F401
                       WSC)
-from .spec import (Example, TaskError, TaskSpec, default_data_dir, load_split, read_rows, sample_k_shot,
-                   sample_n)
+from .chat import apply_chat_template
+from .errors import TaskError
+from .readers import read_rows
+from .spec import Example, TaskSpec, default_data_dir, load_split, sample_k_shot, sample_n
 
 TASKS: dict[str, TaskSpec] = dict(BUILTIN)
 
@@ -55,5 +57,5 @@ def subsample(examples: list[Example], n: int | None, seed: int) -> list[Example
     return sample_n(examples, n, seed)[0] if n is not None and len(examples) > n else examples
 
 
-__all__ = ["Example", "TaskError", "TaskSpec", "TASKS", "SST2", "get_task", "load_split", "read_rows",
+__all__ = ["apply_chat_template", "Example", "TaskError", "TaskSpec", "TASKS", "SST2", "get_task", "load_split", "read_rows",
            "sample_k_shot", "sample_n", "splits", "subsample", "default_data_dir"]

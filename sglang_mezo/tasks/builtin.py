@@ -1,5 +1,5 @@
 """The built-in tasks: MeZO's prompts (princeton-nlp/MeZO large_models/templates.py, the class named at
-each task) over the offline copies in shared/data (see its README.md and each task's PROVENANCE.md).
+each task) over the copies shipped in sglang_mezo/data (tools/ship_data.py; each task's PROVENANCE.md).
 
 Candidates are the exact text MeZO's `verbalize` appends to its `encode` prompt (its encode_prompt strips
 only spaces, never newlines): after a prompt that ends mid-line the word carries its leading space

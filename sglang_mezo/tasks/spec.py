@@ -1,8 +1,6 @@
 """A classification task: where its examples come from and how an example becomes a prompt + candidates."""
 from __future__ import annotations
 
-import csv
-import json
 import os
 import random
 import string
@@ -10,9 +8,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
+from .errors import TaskError
+from .readers import read_rows
 
-class TaskError(ValueError):
-    """Task data or a task definition we cannot use; the message names the file and the problem."""
+PACKAGE_DATA = Path(__file__).resolve().parents[1] / "data"
 
 
 @dataclass
@@ -31,7 +30,7 @@ class TaskSpec:
     label_words: dict = field(default_factory=dict)   # raw label value -> candidate text
     single_token_labels: bool = True        # verbaliser words must be one token each (MeZO/LM-BFF)
     build: Callable[[dict], Example] | None = None    # custom row -> Example (multi-choice tasks)
-    tsv_columns: list[str] | None = None    # for header-less TSV files
+    columns: list[str] | None = None        # for header-less CSV/TSV files
     # file row -> the rows the template sees: derived fields (WSC's nested spans), or several examples
     # from one row (MultiRC: a paragraph holds many question/answer pairs)
     expand: Callable[[dict], list[dict]] | None = None
@@ -79,46 +78,10 @@ class TaskSpec:
         return Example(prompt, [self.label_words[k] for k in keys], keys.index(match[0]))
 
 
-def read_rows(path: Path, tsv_columns: list[str] | None = None) -> list[dict]:
-    if not path.is_file():
-        raise TaskError(f"task file not found: {path}")
-    rows: list[dict] = []
-    if path.suffix == ".jsonl":
-        with open(path, encoding="utf-8") as f:
-            for i, line in enumerate(f, 1):
-                if not line.strip():
-                    continue
-                try:
-                    row = json.loads(line)
-                except json.JSONDecodeError as e:
-                    raise TaskError(f"{path}:{i}: not valid JSON ({e.msg})") from None
-                if not isinstance(row, dict):
-                    raise TaskError(f"{path}:{i}: each line must be a JSON object")
-                rows.append(row)
-    elif path.suffix == ".tsv":
-        with open(path, encoding="utf-8", newline="") as f:
-            reader = csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE)
-            header = tsv_columns or next(reader, None)
-            for i, rec in enumerate(reader, 2):
-                if len(rec) != len(header):
-                    raise TaskError(f"{path}:{i}: {len(rec)} columns, expected {len(header)} ({header})")
-                rows.append({k: v.strip() for k, v in zip(header, rec)})
-    else:
-        raise TaskError(f"{path}: unsupported file type (use .jsonl or .tsv)")
-    if not rows:
-        raise TaskError(f"task file is empty: {path}")
-    return rows
-
-
 def default_data_dir() -> Path:
+    """$SGLANG_MEZO_DATA, else the data shipped inside the package (sglang_mezo/data)."""
     env = os.environ.get("SGLANG_MEZO_DATA")
-    if env:
-        return Path(env)
-    here = Path(__file__).resolve()
-    for up in here.parents:  # a checkout beside shared/data (this project's machines and CI)
-        if (up / "shared" / "data").is_dir():
-            return up / "shared" / "data"
-    return Path.cwd() / "data"
+    return Path(env) if env else PACKAGE_DATA
 
 
 def load_split(spec: TaskSpec, split: str, data_dir: str | Path | None = None) -> list[Example]:
@@ -128,8 +91,8 @@ def load_split(spec: TaskSpec, split: str, data_dir: str | Path | None = None) -
     if not path.is_absolute():
         path = Path(data_dir or default_data_dir()) / path
     examples = []
-    for i, row in enumerate(read_rows(path, spec.tsv_columns)):
-        where = f"{path}:{i + 1}"
+    for i, row in enumerate(read_rows(path, spec.columns)):
+        where = f"{path}, row {i + 1}"
         examples += [spec.example(r, where) for r in spec.rows(row, where)]
     if not examples:
         raise TaskError(f"{path}: no examples for task {spec.name!r}")

@@ -12,7 +12,9 @@ def _train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--task", default="sst2", help="built-in task name or a task .yaml file")
     p.add_argument("--model", default=None, help="local HF model folder (default: embedded SmolLM2-135M)")
     p.add_argument("--backend", default="sglang", help="sglang | hf")
-    p.add_argument("--objective", default="ce", help="ce | accuracy")
+    p.add_argument("--objective", default="ce",
+                   help="classification: ce | accuracy | lm | module:function; "
+                        "generation: em | f1 | numeric | contains | lm | module:function")
     p.add_argument("--steps", type=int, default=100)
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--lr", type=float, default=1e-6)
@@ -35,6 +37,12 @@ def _train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--perturb", default="layerwise",
                    help="layerwise (exact, default) | inplace (MeZO's +eps/-2eps/+eps)")
     p.add_argument("--keep", default="best", help="best (dev) step or last step as DIR/model")
+    p.add_argument("--max-new-tokens", type=int, default=None,
+                   help="generation tasks: tokens per generation (default: the task's)")
+    p.add_argument("--temperature", type=float, default=0.0, help="generation tasks: 0 = greedy")
+    p.add_argument("--top-p", type=float, default=1.0, help="generation tasks: nucleus sampling")
+    p.add_argument("--no-watch", dest="watch", action="store_false",
+                   help="generation tasks: measure only the optimised objective (not reward and LM loss)")
     p.add_argument("--out", required=True)
     p.add_argument("--overwrite", action="store_true")
     p.add_argument("--progress-off", dest="progress", action="store_false", help="no progress bar")
@@ -63,6 +71,7 @@ def main(argv: list[str] | None = None) -> int:
     e.add_argument("--chat-template", action="store_true",
                    help="wrap each prompt as a user turn with the tokenizer's chat template")
     e.add_argument("--batch-size", type=int, default=64)
+    e.add_argument("--max-new-tokens", type=int, default=None, help="generation tasks (default: the task's)")
     r = sub.add_parser("replay", help="rebuild trained weights from base model + trajectory")
     r.add_argument("--base", default=None, help="base model folder (default: the one in the trajectory)")
     r.add_argument("--trajectory", required=True)
@@ -95,6 +104,14 @@ def evaluate_cmd(args) -> dict:
     spec = tasks.get_task(args.task)
     examples = tasks.subsample(tasks.load_split(spec, args.split, args.data_dir), args.limit, args.seed)
     backend = make_backend(args.backend, resolve_model(args.model), args.dtype)
+    if tasks.is_generation(spec):  # em, f1, the task's metric and the LM loss of the reference answers
+        from . import reward_objectives
+
+        if args.chat_template:
+            examples = tasks.apply_chat_template(examples, backend.tokenizer)
+        gen = {"max_new_tokens": args.max_new_tokens or spec.max_new_tokens, "stop": list(spec.stop)}
+        res = reward_objectives.evaluate(backend, examples, spec.metric, gen, args.batch_size, args.seed)
+        return {"task": spec.name, "split": args.split, "backend": args.backend, **res}
     if args.chat_template:
         examples = tasks.apply_chat_template(examples, backend.tokenizer)
     res = objectives.evaluate(backend, examples, spec.single_token_labels, args.batch_size)

@@ -57,6 +57,12 @@ class TrainConfig:
     chat_template: bool = False    # wrap each prompt as a user turn with the tokenizer's chat template
     overwrite: bool = False
     progress: bool = True
+    # generation tasks (train_generation.py): None = the task's max_new_tokens; watch = also measure the
+    # quantity not optimised (the reward when training lm, the LM loss when training a reward)
+    max_new_tokens: int | None = None
+    temperature: float = 0.0
+    top_p: float = 1.0
+    watch: bool = True
 
     def mezo(self) -> MeZOConfig:
         return MeZOConfig(lr=self.lr, eps=self.eps, weight_decay=self.weight_decay,
@@ -86,6 +92,10 @@ def batches(n: int, size: int, seed: int):
 
 def train(cfg: TrainConfig) -> dict:
     # Everything that can be wrong with the input is checked before anything is written.
+    if tasks.is_generation(tasks.get_task(cfg.task)):
+        from .train_generation import train_generation
+
+        return train_generation(cfg)
     mezo_cfg = cfg.mezo()
     if cfg.steps < 0 or cfg.batch_size < 1:
         raise ValueError("--steps must be >= 0 and --batch-size >= 1")

@@ -60,6 +60,21 @@ class Backend:
     def score(self, requests: Sequence[ScoreRequest]) -> list[ScoreResult]:
         raise NotImplementedError
 
+    def generate(self, prompts: Sequence, max_new_tokens: int, temperature: float = 0.0, top_p: float = 1.0,
+                 stop: Sequence[str] = (), seed: int = 0) -> list:
+        """Continue each prompt (text, or token ids) — greedy, or sampled with per-request seeds derived
+        from `seed` (backends/generation.py) — until EOS, a stop string or max_new_tokens."""
+        from .generation import GenerateParams, Sampler, Stops, check_params
+
+        p = GenerateParams(max_new_tokens, float(temperature), float(top_p), tuple(stop), int(seed))
+        ids = [list(x) if not isinstance(x, str) else self.tokenizer.encode(x) for x in prompts]
+        check_params(p, [len(i) for i in ids], self.context_len)
+        validate_requests([ScoreRequest(i) for i in ids], self.vocab_size)
+        return self._generate(ids, p, Sampler(p, len(ids)), Stops(p, self.tokenizer))
+
+    def _generate(self, ids: list[list[int]], p, sampler, stops) -> list:
+        raise NotImplementedError
+
     def changed(self) -> None:
         """Called after every in-place weight change: drop anything computed with the old weights."""
 

@@ -21,6 +21,7 @@ class HFBackend(Backend):
         self.tokenizer = AutoTokenizer.from_pretrained(model_path)
         self.model = AutoModelForCausalLM.from_pretrained(model_path, dtype=self.dtype).to(self.device).eval()
         self.vocab_size = self.model.config.vocab_size
+        self.context_len = getattr(self.model.config, "max_position_embeddings", None) or 2048
         self.batch_tokens = batch_tokens
         # named_parameters() lists a tied lm_head once, under the embedding's name, as SGLang does.
         self._pieces = [Piece(n, tuple(p.shape), p.data, (0,) * p.dim())
@@ -61,6 +62,37 @@ class HFBackend(Backend):
             span = lp[:-1].gather(1, torch.tensor(r.ids[n - t:], device=lp.device)[:, None])[:, 0].tolist() if t else []
             res.append(ScoreResult(nxt, span))
         return res
+
+    @torch.no_grad()
+    def _generate(self, ids, p, sampler, stops):
+        """transformers `generate`, one prompt at a time (as MeZO's SQuAD code): the reference. Our sampler
+        and stop rule ride in as a logits processor and a stopping criterion, so both backends share them."""
+        from transformers import LogitsProcessor, LogitsProcessorList, StoppingCriteria, StoppingCriteriaList
+
+        results = []
+        for i, prompt in enumerate(ids):
+            class Pick(LogitsProcessor):  # sampled: keep only the token our seeded sampler draws
+                def __call__(self, input_ids, scores):
+                    t = sampler.pick(scores[:, : p_vocab].float(), [i])[0]
+                    forced = torch.full_like(scores, float("-inf"))
+                    forced[:, t] = 0.0
+                    return forced
+
+            class Stop(StoppingCriteria):
+                def __call__(self, input_ids, scores, **kw):
+                    done = stops.finish(input_ids[0, n:].tolist()) is not None
+                    return torch.full((input_ids.shape[0],), done, dtype=torch.bool, device=input_ids.device)
+
+            n, p_vocab = len(prompt), self.vocab_size
+            x = torch.tensor([prompt], device=self.device)
+            out = self.model.generate(
+                x, attention_mask=torch.ones_like(x), max_new_tokens=p.max_new_tokens, do_sample=False,
+                logits_processor=LogitsProcessorList([Pick()] if p.temperature > 0 else []),
+                stopping_criteria=StoppingCriteriaList([Stop()]), eos_token_id=None,
+                pad_token_id=self.tokenizer.pad_token_id or 0, temperature=None, top_p=None, top_k=None)
+            new = out[0, n:].tolist()
+            results.append(stops.result(new, stops.finish(new) or "length"))
+        return results
 
     def hf_state_dict(self) -> dict[str, torch.Tensor]:
         return {p.hf_name: p.view.detach().cpu().clone() for p in self._pieces}

@@ -79,6 +79,7 @@ class SGLangBackend(Backend):
         self.model_path = model_path
         self.dtype = next(self.model.parameters()).dtype
         self.vocab_size = self.runner.model_config.vocab_size
+        self.context_len = self.runner.model_config.context_len
         self.max_tokens = min(max_total_tokens, self.runner.max_total_num_tokens) - 8
         self.max_reqs = max(1, self.runner.req_to_token_pool.size - 1)
         refuse_derived_caches(self.model)
@@ -98,39 +99,29 @@ class SGLangBackend(Backend):
             results.extend(self._forward(chunk))
         return results
 
-    def _chunks(self, requests):
+    def _chunks(self, requests, with_index: bool = False):
+        """Consecutive requests that fit the KV pool together (their indices with with_index)."""
         chunk, tokens = [], 0
-        for r in requests:
+        for i, r in enumerate(requests):
             if len(r.ids) > self.max_tokens:
                 raise BackendError(f"a request of {len(r.ids)} tokens exceeds max_total_tokens {self.max_tokens}")
             if chunk and (tokens + len(r.ids) > self.max_tokens or len(chunk) >= self.max_reqs):
                 yield chunk
                 chunk, tokens = [], 0
-            chunk.append(r)
+            chunk.append(i if with_index else r)
             tokens += len(r.ids)
         if chunk:
             yield chunk
 
-    def _forward(self, requests: Sequence[ScoreRequest]) -> list[ScoreResult]:
+    def _prefill(self, reqs):
+        """One batched prefill of `reqs` in freshly cleared KV pools; (logits output, the ScheduleBatch)."""
         from sglang.benchmark.one_batch import TreeCacheNamespace
-        from sglang.srt.managers.schedule_batch import Req, ScheduleBatch
+        from sglang.srt.managers.schedule_batch import ScheduleBatch
         from sglang.srt.model_executor.forward_batch_info import ForwardBatch
         from sglang.srt.runtime_context import get_schedule
-        from sglang.srt.sampling.sampling_params import SamplingParams
         from sglang.srt.speculative.spec_info import SpeculativeAlgorithm
 
         mr = self.runner
-        want_span = any(r.target_len for r in requests)
-        reqs = []
-        for i, r in enumerate(requests):
-            req = Req(rid=str(i), origin_input_text="", origin_input_ids=array("q", r.ids),
-                      sampling_params=SamplingParams(temperature=0, max_new_tokens=1),
-                      return_logprob=want_span)
-            req.full_untruncated_fill_ids = req.origin_input_ids
-            # Log-probs from position len-target_len-1 on: entry j = log p(ids[s+j+1] | ids[:s+j+1]).
-            req.logprob_start_len = len(r.ids) - max(r.target_len, 1) - 1 if want_span else len(r.ids) - 1
-            req.extend_end = len(r.ids)
-            reqs.append(req)
         mr.req_to_token_pool.clear()
         mr.token_to_kv_pool_allocator.clear()
         tree = TreeCacheNamespace(page_size=get_schedule().page_size, device=mr.device,
@@ -144,7 +135,75 @@ class SGLangBackend(Backend):
             batch.input_ids = batch.prefill_input_ids_cpu.to(batch.device)
             batch.prefill_input_ids_cpu = None
         fb = ForwardBatch.init_new(batch, mr, return_hidden_states_before_norm=False)
-        out = mr.forward(fb).logits_output
+        return mr.forward(fb).logits_output, batch
+
+    def _decode(self, batch, next_ids: list[int]):
+        """One decode step (as sglang.benchmark.one_batch.decode): each request's last token in, logits out."""
+        from sglang.srt.model_executor.forward_batch_info import ForwardBatch
+
+        batch.input_ids = torch.tensor(next_ids, dtype=torch.int64, device=batch.device)
+        batch.prepare_for_decode()
+        fb = ForwardBatch.init_new(batch, self.runner, return_hidden_states_before_norm=False)
+        return self.runner.forward(fb).logits_output
+
+    @torch.no_grad()
+    def _generate(self, ids, p, sampler, stops):
+        """Prefill a chunk, then a batched decode loop; finished requests leave the batch (filter_batch)."""
+        from sglang.srt.managers.schedule_batch import Req
+        from sglang.srt.sampling.sampling_params import SamplingParams
+
+        results: list = [None] * len(ids)
+        # a chunk must hold each prompt's KV plus room for max_new_tokens more
+        for chunk in self._chunks([ScoreRequest(i + [0] * p.max_new_tokens) for i in ids], with_index=True):
+            rows = list(chunk)
+            reqs = []
+            for i in rows:
+                req = Req(rid=str(i), origin_input_text="", origin_input_ids=array("q", ids[i]),
+                          sampling_params=SamplingParams(temperature=0, max_new_tokens=p.max_new_tokens))
+                req.full_untruncated_fill_ids = req.origin_input_ids
+                req.logprob_start_len = -1
+                req.extend_end = len(ids[i])
+                reqs.append(req)
+            out, batch = self._prefill(reqs)
+            new = {i: [] for i in rows}
+            while True:
+                picked = sampler.pick(out.next_token_logits[:, : self.vocab_size].float(), rows)
+                keep, next_ids = [], []
+                for k, (i, t) in enumerate(zip(rows, picked)):
+                    new[i].append(t)
+                    finish = stops.finish(new[i])
+                    if finish:
+                        results[i] = stops.result(new[i], finish)
+                    else:
+                        keep.append(k)
+                        next_ids.append(t)
+                if not keep:
+                    break
+                if len(keep) < len(rows):
+                    batch.filter_batch(keep_indices=keep)
+                    rows = [rows[k] for k in keep]
+                out = self._decode(batch, next_ids)
+        self.runner.req_to_token_pool.clear()
+        self.runner.token_to_kv_pool_allocator.clear()
+        return results
+
+    def _forward(self, requests: Sequence[ScoreRequest]) -> list[ScoreResult]:
+        from sglang.srt.managers.schedule_batch import Req
+        from sglang.srt.sampling.sampling_params import SamplingParams
+
+        mr = self.runner
+        want_span = any(r.target_len for r in requests)
+        reqs = []
+        for i, r in enumerate(requests):
+            req = Req(rid=str(i), origin_input_text="", origin_input_ids=array("q", r.ids),
+                      sampling_params=SamplingParams(temperature=0, max_new_tokens=1),
+                      return_logprob=want_span)
+            req.full_untruncated_fill_ids = req.origin_input_ids
+            # Log-probs from position len-target_len-1 on: entry j = log p(ids[s+j+1] | ids[:s+j+1]).
+            req.logprob_start_len = len(r.ids) - max(r.target_len, 1) - 1 if want_span else len(r.ids) - 1
+            req.extend_end = len(r.ids)
+            reqs.append(req)
+        out, _ = self._prefill(reqs)
         # next_token_logits may live in a reused buffer: reduce it before the next forward.
         next_lp = torch.log_softmax(out.next_token_logits[:, : self.vocab_size].float(), dim=-1)
         results = []

@@ -10,7 +10,9 @@ from .errors import TaskError
 from .readers import read_rows
 from .spec import Example, TaskSpec, default_data_dir, load_split, sample_k_shot, sample_n
 
-TASKS: dict[str, TaskSpec] = dict(BUILTIN)
+from .generation import GENERATION, GenerationSpec, GenExample, is_generation  # noqa: F401
+
+TASKS: dict[str, TaskSpec | GenerationSpec] = {**BUILTIN, **GENERATION}
 
 
 def get_task(name_or_path: str) -> TaskSpec:
@@ -29,6 +31,11 @@ def splits(spec: TaskSpec, *, k_shot: int | None, seed: int, n_train: int = 1000
     500 dev (OPT setting), and up to 1,000 test. Dev comes from the task's dev file where it has one
     (FewGLUE's dev32), else from train examples not drawn for train. A split too small for the request
     raises TaskError naming the task and split: data is never invented or silently cut short."""
+    if is_generation(spec):
+        from .generation import splits as generation_splits
+
+        return generation_splits(spec, k_shot=k_shot, seed=seed, n_train=n_train, n_dev=n_dev, n_test=n_test,
+                                 data_dir=data_dir)
     train_all = load_split(spec, "train", data_dir)
     test_all = load_split(spec, "test", data_dir)
     dev_all = load_split(spec, "dev", data_dir) if "dev" in spec.files else None
@@ -57,5 +64,5 @@ def subsample(examples: list[Example], n: int | None, seed: int) -> list[Example
     return sample_n(examples, n, seed)[0] if n is not None and len(examples) > n else examples
 
 
-__all__ = ["apply_chat_template", "Example", "TaskError", "TaskSpec", "TASKS", "SST2", "get_task", "load_split", "read_rows",
+__all__ = ["apply_chat_template", "Example", "GenerationSpec", "GenExample", "is_generation", "TaskError", "TaskSpec", "TASKS", "SST2", "get_task", "load_split", "read_rows",
            "sample_k_shot", "sample_n", "splits", "subsample", "default_data_dir"]

@@ -1,10 +1,5 @@
 """A real `sglang-mezo serve` on loopback (tiny Llama, CPU): training while serving, exactness, bad input."""
 import json
-import os
-import signal
-import socket
-import subprocess
-import sys
 import threading
 import time
 
@@ -13,46 +8,41 @@ import requests
 import torch
 from safetensors.torch import load_file
 
-from conftest import ROOT, cli
+from conftest import cli
+from serve_helpers import running_server
 
 PROBE = {"text": "the movie was good It was", "sampling_params": {"max_new_tokens": 4, "temperature": 0},
          "return_logprob": True, "logprob_start_len": 0}
 STEP = {"task": "sst2", "lr": 1e-3, "eps": 1e-2, "batch_size": 8, "seed": 3}
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+CHAT = ("{% for m in messages %}<|{{ m['role'] }}|> {{ m['content'] }}\n{% endfor %}"
+        "{% if add_generation_prompt %}<|assistant|>{% endif %}")
 
 
 @pytest.fixture(scope="module")
-def server(tiny_model, tmp_path_factory):
-    port = _free_port()
-    log = open(tmp_path_factory.mktemp("serve") / "server.log", "w")
-    proc = subprocess.Popen([sys.executable, "-m", "sglang_mezo", "serve", "--model-path", tiny_model,
-                             "--host", "127.0.0.1", "--port", str(port), "--dtype", "float32",
-                             "--log-level", "warning"], cwd=str(ROOT), stdout=log, stderr=subprocess.STDOUT,
-                            start_new_session=True)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 180
-    while time.time() < deadline:
-        if proc.poll() is not None:
-            raise AssertionError(f"server exited early, see {log.name}")
-        try:
-            if requests.get(url + "/health", timeout=2).status_code == 200:
-                break
-        except requests.ConnectionError:
-            pass
-        time.sleep(1)
-    else:
-        raise AssertionError("server did not come up in 180 s")
-    yield url
-    os.killpg(proc.pid, signal.SIGTERM)
-    try:
-        proc.wait(30)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
+def chat_model(tiny_model, tmp_path_factory):
+    """The tiny model with a chat template added to its tokenizer (same weights)."""
+    import shutil
+
+    from transformers import AutoTokenizer
+
+    out = tmp_path_factory.mktemp("tiny_chat") / "model"
+    shutil.copytree(tiny_model, out)
+    tok = AutoTokenizer.from_pretrained(tiny_model)
+    tok.chat_template = CHAT
+    tok.save_pretrained(out)
+    return str(out)
+
+
+@pytest.fixture(scope="module")
+def save_dir(tmp_path_factory):
+    return tmp_path_factory.mktemp("saves")
+
+
+@pytest.fixture(scope="module")
+def server(chat_model, save_dir, tmp_path_factory):
+    with running_server(chat_model, tmp_path_factory.mktemp("serve") / "server.log",
+                        "--mezo-save-dir", str(save_dir)) as url:
+        yield url
 
 
 def _post(url, path, body, expect=200):
@@ -75,12 +65,12 @@ def _offline_logprobs(model_dir, tokenizer_ids):
     return [lp[j - 1, tokenizer_ids[j]].item() for j in range(1, len(tokenizer_ids))]
 
 
-def test_train_while_serving_exact_probe_rollback_and_replay(server, tiny_model, tmp_path):
+def test_train_while_serving_exact_probe_rollback_and_replay(server, chat_model, save_dir, tmp_path):
     from transformers import AutoTokenizer
 
-    ids = AutoTokenizer.from_pretrained(tiny_model).encode(PROBE["text"])
+    ids = AutoTokenizer.from_pretrained(chat_model).encode(PROBE["text"])
     out0, lp0 = _probe(server)
-    assert lp0 == pytest.approx(_offline_logprobs(tiny_model, ids), abs=1e-4)
+    assert lp0 == pytest.approx(_offline_logprobs(chat_model, ids), abs=1e-4)
 
     # ordinary traffic from another thread for the whole training run: every request must succeed
     stop, codes = threading.Event(), []
@@ -112,8 +102,8 @@ def test_train_while_serving_exact_probe_rollback_and_replay(server, tiny_model,
         res = _post(server, "/mezo/step", STEP)
         assert res["step"] == 21 + k and len(res["projected_grad"]) == 1
         _, lp = _probe(server)
-        save = tmp_path / f"save{k}"
-        _post(server, "/mezo/save", {"path": str(save)})
+        assert _post(server, "/mezo/save", {"path": f"save{k}"}) == {"path": f"save{k}", "steps": 21 + k}
+        save = save_dir / f"save{k}"
         assert lp == pytest.approx(_offline_logprobs(str(save / "model"), ids), abs=1e-4)
         assert lp != pytest.approx(lp0, abs=1e-6)
 
@@ -137,15 +127,19 @@ def test_train_while_serving_exact_probe_rollback_and_replay(server, tiny_model,
     ("/mezo/step", {"task": "no_such_task", "lr": 1e-3}, 400, "unknown task"),
     ("/mezo/step", {"examples": [{"prompt": "x", "candidates": [" a"], "label": 0}], "lr": 1e-3}, 400, "candidates"),
     ("/mezo/step", {"task": "sst2", "lr": 1e-3, "objective": "nope"}, 400, "unknown objective"),
+    ("/mezo/step", {"task": "sst2", "lr": 2.0}, 400, "between 0 and 1"),
+    ("/mezo/step", {"task": "sst2", "lr": 1e-3, "chat_template": "yes"}, 400, "true or false"),
+    ("/mezo/step", {"task": "my_task", "lr": 1e-3}, 400, "--mezo-task-dir"),
     ("/mezo/step", {"task": "sst2", "lr": 1e-3, "colour": "red"}, 400, "unknown field"),
     ("/mezo/train", {"task": "sst2", "lr": 1e-3}, 400, "missing field 'steps'"),
-    ("/mezo/train", {"task": "sst2", "lr": 1e-3, "steps": -1}, 400, "> 0"),
-    ("/mezo/train", {"task": "sst2", "lr": 1e-3, "steps": 2, "interval_s": -1}, 400, ">= 0"),
+    ("/mezo/train", {"task": "sst2", "lr": 1e-3, "steps": -1}, 400, "between 1 and"),
+    ("/mezo/train", {"task": "sst2", "lr": 1e-3, "steps": 2, "interval_s": -1}, 400, "between 0 and"),
     ("/mezo/step", {"task": "sst2", "lr": 1e-3, "steps": 3}, 400, "belong to /mezo/train"),
     ("/mezo/rollback", {"steps": "all"}, 400, "integer"),
     ("/mezo/rollback", {"steps": 10_000}, 409, "only"),
     ("/mezo/save", {}, 400, "'path'"),
-    ("/mezo/save", [], 400, "'path'"),
+    ("/mezo/save", [], 400, "JSON object"),
+    ("/mezo/save", {"path": "/tmp/x"}, 400, "relative name"),
 ])
 def test_bad_input_gets_a_4xx_and_the_server_keeps_serving(server, path, body, status, match):
     r = requests.post(server + path, data=json.dumps(body), headers={"content-type": "application/json"},
@@ -167,6 +161,32 @@ def test_step_while_training_is_refused(server):
     _post(server, "/mezo/rollback", {"steps": 6})
     r = requests.post(server + "/mezo/step", data="{not json", headers={"content-type": "application/json"})
     assert r.status_code == 400 and "not valid JSON" in r.json()["error"]
+
+
+def test_chat_template_wraps_prompts(server, chat_model):
+    """`chat_template: true` scores exactly the prompts tasks/chat.py's apply_chat_template makes."""
+    from transformers import AutoTokenizer
+
+    from sglang_mezo.tasks import Example
+    from sglang_mezo.tasks.chat import apply_chat_template
+
+    ex = [{"prompt": "good fun It was", "candidates": [" terrible", " great"], "label": 1},
+          {"prompt": "awful plot It was", "candidates": [" terrible", " great"], "label": 0}]
+    tok = AutoTokenizer.from_pretrained(chat_model)
+    wrapped = [{**e, "prompt": w.prompt} for e, w in zip(ex, apply_chat_template(
+        [Example(e["prompt"], e["candidates"], e["label"]) for e in ex], tok))]
+    assert all(w["prompt"] != e["prompt"] and e["prompt"] in w["prompt"] for e, w in zip(ex, wrapped))
+
+    def losses(body):  # lr 0 and a rollback: every call sees the same weights and step number
+        res = _post(server, "/mezo/step", {"lr": 0.0, "eps": 1e-2, "seed": 11, **body})
+        _post(server, "/mezo/rollback", {"steps": 1})
+        return res["loss_plus"], res["loss_minus"]
+
+    chat = losses({"examples": ex, "chat_template": True})
+    assert chat == losses({"examples": wrapped})
+    assert chat != losses({"examples": ex})
+    assert _post(server, "/mezo/step", {**STEP, "chat_template": True})["step"] >= 1
+    _post(server, "/mezo/rollback", {"steps": 1})
 
 
 def test_engine_trainer_on_sglang_engine(tiny_model):

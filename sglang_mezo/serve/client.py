@@ -3,7 +3,7 @@
     c = MezoClient("http://127.0.0.1:30000")
     c.step(task="sst2", lr=1e-5, eps=1e-3, batch_size=16)     # → L+, L−, projected gradient
     c.train(steps=100, task="sst2", lr=1e-5); c.wait()
-    c.rollback(steps=10); c.save("/tmp/ckpt")
+    c.rollback(steps=10); c.save("ckpt")     # a folder under the server's --mezo-save-dir
 
     engine = sglang.Engine(model_path=...)   # on CPU: sglang_mezo.cpu_shims.install() first
     t = EngineTrainer(engine); t.step(examples=[...], lr=1e-5)
@@ -24,16 +24,33 @@ class MezoError(RuntimeError):
 
 
 class MezoClient:
-    def __init__(self, base_url: str, timeout: float = 600):
+    """`admin_api_key`: for the routes that change the model (a server with --admin-api-key requires it);
+    `api_key`: for /mezo/status, SGLang's ordinary level (a server with --api-key requires it)."""
+
+    def __init__(self, base_url: str, timeout: float = 600, api_key: str | None = None,
+                 admin_api_key: str | None = None):
         self.base, self.timeout = base_url.rstrip("/"), timeout
+        self.api_key, self.admin_api_key = api_key, admin_api_key
+
+    @staticmethod
+    def _auth(key):
+        return {"Authorization": f"Bearer {key}"} if key else {}
+
+    @staticmethod
+    def _json(r) -> dict:
+        try:
+            body = r.json()
+        except ValueError:
+            body = {"error": r.text}
+        if r.status_code >= 300:
+            raise MezoError(r.status_code, body)
+        return body
 
     def _post(self, path, body):
         import requests
 
-        r = requests.post(self.base + path, json=body, timeout=self.timeout)
-        if r.status_code >= 300:
-            raise MezoError(r.status_code, r.json())
-        return r.json()
+        return self._json(requests.post(self.base + path, json=body, timeout=self.timeout,
+                                        headers=self._auth(self.admin_api_key or self.api_key)))
 
     def step(self, **body) -> dict:
         return self._post("/mezo/step", body)
@@ -44,13 +61,22 @@ class MezoClient:
     def rollback(self, steps: int = 1) -> dict:
         return self._post("/mezo/rollback", {"steps": steps})
 
-    def save(self, path: str) -> dict:
-        return self._post("/mezo/save", {"path": path})
+    def save(self, path: str, overwrite: bool = False) -> dict:
+        """`path`: a folder name under the server's --mezo-save-dir."""
+        return self._post("/mezo/save", {"path": path, "overwrite": overwrite})
 
     def status(self) -> dict:
         import requests
 
-        return requests.get(self.base + "/mezo/status", timeout=self.timeout).json()
+        return self._json(requests.get(self.base + "/mezo/status", timeout=self.timeout,
+                                       headers=self._auth(self.api_key)))
+
+    def checksum(self) -> str:
+        """sha256 of every served weight (admin; holds the scheduler for one pass over the weights)."""
+        import requests
+
+        return self._json(requests.get(self.base + "/mezo/checksum", timeout=self.timeout,
+                                       headers=self._auth(self.admin_api_key or self.api_key)))["weights_sha256"]
 
     def wait(self, poll: float = 0.5, timeout: float = 3600) -> dict:
         end = time.time() + timeout
@@ -71,9 +97,10 @@ class EngineTrainer:
         self.engine = engine
 
     def _call(self, op: str, body: dict) -> dict:
-        from .protocol import RequestError, parse_rollback, parse_save, parse_step
+        from .protocol import RequestError, parse_rollback, parse_save, parse_status, parse_step
 
-        check = {"step": parse_step, "rollback": parse_rollback, "save": parse_save}.get(op)
+        check = {"step": parse_step, "rollback": parse_rollback, "save": parse_save,
+                 "status": parse_status}.get(op)
         if check:
             try:
                 check(body)
@@ -100,8 +127,11 @@ class EngineTrainer:
     def rollback(self, steps: int = 1) -> dict:
         return self._call("rollback", {"steps": steps})
 
-    def save(self, path: str) -> dict:
-        return self._call("save", {"path": path})
+    def save(self, path: str, overwrite: bool = False) -> dict:
+        return self._call("save", {"path": path, "overwrite": overwrite})
 
     def status(self) -> dict:
         return self._call("status", {})
+
+    def checksum(self) -> str:
+        return self._call("status", {"checksum": True})["weights_sha256"]

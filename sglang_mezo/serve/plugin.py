@@ -7,9 +7,11 @@ the result travels as a small JSON file that tp rank 0 writes atomically.
 from __future__ import annotations
 
 import json
+import logging
 import os
 
 _trainer = None
+log = logging.getLogger("sglang_mezo.serve")
 
 
 def register() -> None:
@@ -24,6 +26,7 @@ def _get_trainer(sched):
         from sglang.srt.managers.io_struct import ContinueGenerationReqInput, PauseGenerationReqInput
 
         from ..backends.sglang_runner import SGLangBackend
+        from .policy import Policy
         from .trainer import ServedTrainer
 
         runner = sched.tp_worker.model_runner
@@ -38,7 +41,8 @@ def _get_trainer(sched):
             pause=lambda: sched.pause_generation(PauseGenerationReqInput(mode="retract")),
             resume=lambda: sched.continue_generation(ContinueGenerationReqInput()),
             flush=flush,
-            perturb=os.environ.get("SGLANG_MEZO_PERTURB", "layerwise"))
+            perturb=os.environ.get("SGLANG_MEZO_PERTURB", "layerwise"),
+            policy=Policy.from_env())  # set by `sglang-mezo serve`: requests come over HTTP
     return _trainer
 
 
@@ -52,10 +56,9 @@ def mezo_call(self, op: str, args_json: str, result_path: str) -> None:
     except ArithmeticError as e:  # NaN objective: weights were restored, the request was at fault
         out = {"status": 422, "result": {"error": str(e)}}
     except Exception as e:  # noqa: BLE001 - report, never take the scheduler down
-        import traceback
-
-        out = {"status": 500, "result": {"error": f"{type(e).__name__}: {e}",
-                                         "trace": traceback.format_exc(limit=5)}}
+        # the client gets the message; the traceback (internals, paths) stays in the server's log
+        log.exception("MeZO %s failed", op)
+        out = {"status": 500, "result": {"error": f"{op} failed: {type(e).__name__}: {e}"}}
     if getattr(self, "tp_rank", 0) == 0:
         tmp = result_path + ".tmp"
         with open(tmp, "w", encoding="utf-8") as f:

@@ -1,8 +1,15 @@
-"""The /mezo/* request bodies: validated the same way in the HTTP process (fast 4xx) and the scheduler."""
+"""The /mezo/* request bodies: validated the same way in the HTTP process (fast 4xx) and the scheduler.
+
+Every number has a range: a request must not be able to wreck the served weights (lr 1e300), run for
+ever (n_queries 10**9) or exhaust memory (batch_size 10**9) by being merely well-typed.
+"""
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+
+MAX_EXAMPLES = 1024      # examples in one request (and the largest batch_size)
+MAX_CANDIDATES = 64
 
 
 class RequestError(ValueError):
@@ -13,17 +20,37 @@ class RequestError(ValueError):
         self.status = status
 
 
-def _num(d: dict, key: str, default=None, *, positive=False, nonneg=False, integer=False):
+def _num(d: dict, key: str, default=None, *, lo, hi, integer=False):
+    """d[key] (or default) as a number in [lo, hi]."""
     v = d.get(key, default)
     if v is None:
         raise RequestError(f"missing field {key!r}")
     ok_type = int if integer else (int, float)
     if isinstance(v, bool) or not isinstance(v, ok_type):
-        raise RequestError(f"field {key!r} must be {'an integer' if integer else 'a number'}, got {v!r}")
-    if not math.isfinite(v):
+        raise RequestError(f"field {key!r} must be {'an integer' if integer else 'a number'}, got "
+                           f"{_short(v)}")
+    if isinstance(v, float) and not math.isfinite(v):  # (an int may be too large for math.isfinite)
         raise RequestError(f"field {key!r} must be finite, got {v!r}")
-    if positive and v <= 0 or nonneg and v < 0:
-        raise RequestError(f"field {key!r} must be {'> 0' if positive else '>= 0'}, got {v!r}")
+    if not lo <= v <= hi:
+        raise RequestError(f"field {key!r} must be between {lo:g} and {hi:g}, got {_short(v)}")
+    return v
+
+
+def _short(v) -> str:
+    s = repr(v)
+    return s if len(s) <= 40 else s[:37] + "..."
+
+
+def _obj(d) -> dict:
+    if not isinstance(d, dict):
+        raise RequestError("request body must be a JSON object")
+    return d
+
+
+def _flag(d: dict, key: str) -> bool:
+    v = d.get(key, False)
+    if not isinstance(v, bool):
+        raise RequestError(f"field {key!r} must be true or false, got {_short(v)}")
     return v
 
 
@@ -40,68 +67,94 @@ class StepArgs:
     k_shot: int | None
     n_queries: int
     estimator: str
+    chat_template: bool = False   # wrap prompts with the tokenizer's chat template (tasks/chat.py)
+
+
+STEP_FIELDS = {"lr", "eps", "weight_decay", "objective", "seed", "examples", "task", "batch_size", "k_shot",
+               "n_queries", "estimator", "chat_template"}
 
 
 def parse_step(d) -> StepArgs:
-    if not isinstance(d, dict):
-        raise RequestError("request body must be a JSON object")
-    unknown = set(d) - {"lr", "eps", "weight_decay", "objective", "seed", "examples", "task", "batch_size",
-                        "k_shot", "n_queries", "estimator", "steps", "interval_s"}
+    d = _obj(d)
+    unknown = set(d) - STEP_FIELDS - {"steps", "interval_s"}
     if unknown:
-        raise RequestError(f"unknown field(s) {sorted(unknown)}")
+        raise RequestError(f"unknown field(s) {sorted(map(_short, unknown))}")
+    if "steps" in d or "interval_s" in d:
+        raise RequestError("'steps'/'interval_s' belong to /mezo/train")
     examples, task = d.get("examples"), d.get("task")
     if (examples is None) == (task is None):
-        raise RequestError("give exactly one of 'examples' (a list) or 'task' (a task name or .yaml path)")
+        raise RequestError("give exactly one of 'examples' (a list) or 'task' (a task name)")
     if examples is not None:
-        if not isinstance(examples, list) or not examples:
-            raise RequestError("'examples' must be a non-empty list")
+        if not isinstance(examples, list) or not 0 < len(examples) <= MAX_EXAMPLES:
+            raise RequestError(f"'examples' must be a list of 1 to {MAX_EXAMPLES} examples")
         for i, ex in enumerate(examples):
             if not isinstance(ex, dict) or not isinstance(ex.get("prompt"), str) \
-                    or not isinstance(ex.get("candidates"), list) or len(ex["candidates"]) < 2 \
+                    or not isinstance(ex.get("candidates"), list) \
+                    or not 2 <= len(ex["candidates"]) <= MAX_CANDIDATES \
                     or not all(isinstance(c, str) for c in ex["candidates"]):
-                raise RequestError(f"examples[{i}] needs 'prompt' (string) and 'candidates' (>= 2 strings)")
+                raise RequestError(f"examples[{i}] needs 'prompt' (string) and 'candidates' "
+                                   f"(2 to {MAX_CANDIDATES} strings)")
+            if set(ex) - {"prompt", "candidates", "label"}:
+                raise RequestError(f"examples[{i}] has unknown field(s) "
+                                   f"{sorted(map(_short, set(ex) - {'prompt', 'candidates', 'label'}))}")
             lab = ex.get("label")
             if isinstance(lab, bool) or not isinstance(lab, int) or not 0 <= lab < len(ex["candidates"]):
                 raise RequestError(f"examples[{i}].label must be an index into its candidates")
-    elif not isinstance(task, str):
-        raise RequestError("'task' must be a string")
+    elif not isinstance(task, str) or not 0 < len(task) <= 200:
+        raise RequestError("'task' must be a task name (a string of at most 200 characters)")
     objective = d.get("objective", "ce")
-    if not isinstance(objective, str):
-        raise RequestError("'objective' must be a string")
+    if not isinstance(objective, str) or not 0 < len(objective) <= 200:
+        raise RequestError("'objective' must be an objective name (a string of at most 200 characters)")
     seed = d.get("seed")
     if seed is not None:
-        _num(d, "seed", integer=True, nonneg=True)
+        _num(d, "seed", lo=0, hi=2**63 - 1, integer=True)
     k_shot = d.get("k_shot", 16)
     if k_shot is not None:
-        _num(d, "k_shot", 16, integer=True, positive=True)
+        _num(d, "k_shot", 16, lo=1, hi=100_000, integer=True)
     estimator = d.get("estimator", "two_point")
     if estimator not in ("two_point", "one_point"):
         raise RequestError("'estimator' must be 'two_point' or 'one_point'")
-    if "steps" in d or "interval_s" in d:
-        raise RequestError("'steps'/'interval_s' belong to /mezo/train")
-    return StepArgs(lr=_num(d, "lr", nonneg=True), eps=_num(d, "eps", 1e-3, positive=True),
-                    weight_decay=_num(d, "weight_decay", 0.0, nonneg=True), objective=objective, seed=seed,
-                    examples=examples, task=task, batch_size=_num(d, "batch_size", 16, integer=True, positive=True),
-                    k_shot=k_shot, n_queries=_num(d, "n_queries", 1, integer=True, positive=True),
-                    estimator=estimator)
+    return StepArgs(lr=_num(d, "lr", lo=0, hi=1), eps=_num(d, "eps", 1e-3, lo=1e-8, hi=1),
+                    weight_decay=_num(d, "weight_decay", 0.0, lo=0, hi=1), objective=objective, seed=seed,
+                    examples=examples, task=task,
+                    batch_size=_num(d, "batch_size", 16, lo=1, hi=MAX_EXAMPLES, integer=True),
+                    k_shot=k_shot, n_queries=_num(d, "n_queries", 1, lo=1, hi=64, integer=True),
+                    estimator=estimator, chat_template=_flag(d, "chat_template"))
 
 
 def parse_train(d) -> tuple[int, float, StepArgs]:
     """steps, interval_s (pause between steps: serving gets that much time to itself), step args."""
-    if not isinstance(d, dict):
-        raise RequestError("request body must be a JSON object")
-    steps = _num(d, "steps", integer=True, positive=True)
-    interval = _num(d, "interval_s", 0.0, nonneg=True)
+    d = _obj(d)
+    steps = _num(d, "steps", lo=1, hi=1_000_000, integer=True)
+    interval = _num(d, "interval_s", 0.0, lo=0, hi=3600)
     return steps, interval, parse_step({k: v for k, v in d.items() if k not in ("steps", "interval_s")})
 
 
 def parse_rollback(d) -> int:
-    if not isinstance(d, dict):
-        raise RequestError("request body must be a JSON object")
-    return _num(d, "steps", 1, integer=True, nonneg=True)
+    d = _obj(d)
+    if set(d) - {"steps"}:
+        raise RequestError(f"unknown field(s) {sorted(map(_short, set(d) - {'steps'}))}")
+    return _num(d, "steps", 1, lo=0, hi=2**63 - 1, integer=True)
 
 
-def parse_save(d) -> str:
-    if not isinstance(d, dict) or not isinstance(d.get("path"), str) or not d["path"]:
-        raise RequestError("'path' (a directory to write) is required")
-    return d["path"]
+@dataclass
+class SaveArgs:
+    path: str
+    overwrite: bool = False
+
+
+def parse_save(d) -> SaveArgs:
+    d = _obj(d)
+    if set(d) - {"path", "overwrite"}:
+        raise RequestError(f"unknown field(s) {sorted(map(_short, set(d) - {'path', 'overwrite'}))}")
+    if not isinstance(d.get("path"), str) or not d["path"]:
+        raise RequestError("'path' (the folder to write) is required")
+    return SaveArgs(d["path"], _flag(d, "overwrite"))
+
+
+def parse_status(d) -> bool:
+    """Whether to include a checksum of the served weights (costs one pass over them)."""
+    d = _obj(d)
+    if set(d) - {"checksum"}:
+        raise RequestError(f"unknown field(s) {sorted(map(_short, set(d) - {'checksum'}))}")
+    return _flag(d, "checksum")

@@ -2,20 +2,32 @@
 
 The routes run in the HTTP process and reach the schedulers through SGLang's RPC channel (the same one
 `Engine.collective_rpc` uses), one call at a time; ordinary requests keep flowing between calls.
+The routes that change the served model carry SGLang's own admin auth level, like its weight-update
+routes; what a request may name (objectives, tasks, save folders) is limited by policy.py.
 (No `from __future__ import annotations` here: FastAPI reads the handlers' annotations at runtime.)
 """
+import argparse
 import asyncio
+import ipaddress
 import json
+import logging
 import os
 import sys
 import tempfile
 import uuid
 
 from .. import cpu_shims
+from .policy import ENV as POLICY_ENV
+from .policy import Policy, builtin_objectives
 from .protocol import RequestError, parse_rollback, parse_save, parse_step, parse_train
+
+log = logging.getLogger("sglang_mezo.serve")
+MAX_BODY = 1 << 20   # bytes; a step's examples fit easily, a flood does not reach json.loads
 
 _rpc = None          # DEALER socket to the schedulers, opened on first use
 _port_args = None    # SGLang's IPC names, captured when it launches its processes
+_policy = Policy(restricted=True)   # what requests may name; set from the --mezo-* flags by main()
+_keys = (None, None)                # (api_key, admin_api_key) the server was started with
 
 
 class _State:
@@ -71,15 +83,26 @@ async def call(op: str, args: dict) -> tuple[int, dict]:
 def _add_routes(app) -> None:
     from fastapi import Request
     from fastapi.responses import JSONResponse
+    from sglang.srt.utils.auth import AuthLevel, auth_level
 
     def reply(status: int, body: dict) -> JSONResponse:
         return JSONResponse(body, status_code=status)
 
     async def body(request: Request):
+        """The JSON body, bounded in size and nesting: a bad body is a 4xx, never a 500."""
+        if int(request.headers.get("content-length") or 0) > MAX_BODY:
+            raise RequestError(f"request body is larger than {MAX_BODY} bytes", 413)
+        raw = bytearray()
+        async for chunk in request.stream():
+            raw += chunk
+            if len(raw) > MAX_BODY:
+                raise RequestError(f"request body is larger than {MAX_BODY} bytes", 413)
         try:
-            return json.loads(await request.body() or b"{}")
+            return json.loads(bytes(raw) or b"{}")
         except json.JSONDecodeError as e:
             raise RequestError(f"body is not valid JSON: {e.msg}") from None
+        except (RecursionError, UnicodeDecodeError):
+            raise RequestError("body is not valid JSON: nested too deeply or not UTF-8") from None
 
     def state() -> _State:
         global _state
@@ -94,13 +117,22 @@ def _add_routes(app) -> None:
         async with st.lock:
             return await call(op, args)
 
-    def route(path, method="post"):
+    def route(path, method="post", admin=True):
         def deco(fn):
             async def handler(request: Request):
                 try:
+                    if admin:
+                        _require_admin_key_configured()
                     return reply(*(await fn(request)))
                 except RequestError as e:
                     return reply(e.status, {"error": str(e)})
+                except Exception:  # noqa: BLE001 - the client gets no internals; the log gets them
+                    log.exception("MeZO route %s failed", path)
+                    return reply(500, {"error": f"{path} failed: internal error (details in the server log)"})
+            # SGLang's API-key middleware reads this: with --admin-api-key set, only the admin key
+            # passes (the ordinary --api-key does not), as on SGLang's own weight-update routes
+            if admin:
+                auth_level(AuthLevel.ADMIN_OPTIONAL)(handler)
             getattr(app, method)(path)(handler)
             return fn
         return deco
@@ -108,7 +140,7 @@ def _add_routes(app) -> None:
     @route("/mezo/step")
     async def step(request):
         args = await body(request)
-        parse_step(args)
+        _check_policy(parse_step(args))
         return await exclusive("step", args)
 
     @route("/mezo/rollback")
@@ -120,10 +152,11 @@ def _add_routes(app) -> None:
     @route("/mezo/save")
     async def save(request):
         args = await body(request)
-        parse_save(args)
+        a = parse_save(args)
+        _policy.save_path(a.path, a.overwrite)  # refuse early; the scheduler checks again
         return await exclusive("save", args)
 
-    @route("/mezo/status", "get")
+    @route("/mezo/status", "get", admin=False)  # readable with the ordinary --api-key
     async def status(request):
         st = state()
         if st.lock.locked():
@@ -132,10 +165,15 @@ def _add_routes(app) -> None:
             code, res = await call("status", {})
         return code, {**st.progress, **res}
 
+    @route("/mezo/checksum", "get")  # admin: hashing every weight holds the scheduler for a while
+    async def checksum(request):
+        return await exclusive("status", {"checksum": True})
+
     @route("/mezo/train")
     async def train(request):
         args = await body(request)
-        steps, interval, _ = parse_train(args)
+        steps, interval, step_args_parsed = parse_train(args)
+        _check_policy(step_args_parsed)
         st = state()
         if st.lock.locked() or (st.train_task and not st.train_task.done()):
             raise RequestError("a MeZO step or training run is in progress", 409)
@@ -152,11 +190,30 @@ def _add_routes(app) -> None:
                         break
                     st.progress.update(done=i + 1, last=res)
                     await asyncio.sleep(interval)  # ordinary requests run freely between steps
+            except Exception as e:  # noqa: BLE001 - recorded for /mezo/status; details in the log
+                log.exception("MeZO training run failed")
+                st.progress["error"] = f"training run failed: {type(e).__name__}"
             finally:
                 st.progress["running"] = False
 
         st.train_task = asyncio.create_task(run())
         return 202, {"started": True, "steps": steps}
+
+
+def _require_admin_key_configured() -> None:
+    """With only --api-key, every user holds the key: changing the served model needs an admin key."""
+    api_key, admin_key = _keys
+    if api_key and not admin_key:
+        raise RequestError("this route changes the model every user is served and needs the admin API "
+                           "key; the server was started with --api-key only: restart it with "
+                           "--admin-api-key", 403)
+
+
+def _check_policy(a) -> None:
+    """Names only, in the HTTP process (nothing is imported or read here); the scheduler checks again."""
+    _policy.objective(a.objective)
+    if a.task is not None:
+        _policy.task(a.task)
 
 
 def _capture_port_args() -> None:
@@ -176,8 +233,62 @@ def _capture_port_args() -> None:
     Engine._launch_subprocesses = classmethod(launch)
 
 
+def _mezo_flags(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
+    """Our --mezo-* flags out of argv; everything else is sglang.launch_server's."""
+    p = argparse.ArgumentParser(prog="sglang-mezo serve", add_help=False, allow_abbrev=False,
+                                description="/mezo/* options (all other flags: sglang.launch_server)")
+    p.add_argument("--mezo-objective", action="append", default=[], metavar="NAME=module:function",
+                   help="register an objective requests may name (repeatable); imported at launch")
+    p.add_argument("--mezo-task-dir", metavar="DIR",
+                   help="requests may name task files DIR/NAME.yaml (their data must stay inside DIR)")
+    p.add_argument("--mezo-save-dir", metavar="DIR", help="/mezo/save writes only under DIR")
+    if "-h" in argv or "--help" in argv:
+        p.print_help()
+        print()
+    return p.parse_known_args(argv)
+
+
+def _policy_from_flags(ns: argparse.Namespace) -> Policy:
+    """Checked at launch, so a typo stops the server instead of failing its first request."""
+    from ..objectives import get_objective
+
+    objectives = {}
+    for item in ns.mezo_objective:
+        name, sep, target = item.partition("=")
+        if not sep or not name.isidentifier() or ":" not in target:
+            raise SystemExit(f"sglang-mezo serve: --mezo-objective {item!r}: expected NAME=module:function")
+        if name in builtin_objectives():
+            raise SystemExit(f"sglang-mezo serve: --mezo-objective {name!r} is a built-in objective's name")
+        try:
+            get_objective(target)  # the operator's own code, imported now
+        except ValueError as e:
+            raise SystemExit(f"sglang-mezo serve: --mezo-objective {item!r}: {e}") from None
+        objectives[name] = target
+    dirs = {}
+    for flag, value in (("--mezo-task-dir", ns.mezo_task_dir), ("--mezo-save-dir", ns.mezo_save_dir)):
+        if value is not None:
+            if not os.path.isdir(value):
+                raise SystemExit(f"sglang-mezo serve: {flag} {value!r} is not a directory")
+            value = os.path.realpath(value)
+        dirs[flag] = value
+    return Policy(restricted=True, objectives=objectives, task_dir=dirs["--mezo-task-dir"],
+                  save_dir=dirs["--mezo-save-dir"])
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
 def main(argv: list[str] | None = None) -> int:
+    global _policy, _keys
     argv = list(sys.argv[1:] if argv is None else argv)
+    ns, argv = _mezo_flags(argv)
+    policy = _policy_from_flags(ns)
     if cpu_shims.install():  # CPU: SGLang's CPU backends and one OpenMP thread per process
         os.environ.setdefault("OMP_NUM_THREADS", "1")
         defaults = {"--device": "cpu", "--attention-backend": "torch_native", "--sleep-on-idle": None,
@@ -189,6 +300,20 @@ def main(argv: list[str] | None = None) -> int:
     from sglang.srt.server_args import prepare_server_args
 
     server_args = prepare_server_args(argv)
+    if server_args.tokenizer_worker_num != 1 or os.environ.get("SGLANG_RUST_SERVER", "").lower() in (
+            "1", "true"):
+        raise SystemExit("sglang-mezo serve: the /mezo/* routes need SGLang's single-process Python HTTP "
+                         "server (no --tokenizer-worker-num > 1, no SGLANG_RUST_SERVER)")
+    _policy, _keys = policy, (server_args.api_key, server_args.admin_api_key)
+    os.environ[POLICY_ENV] = policy.to_env()  # the schedulers, spawned below, enforce the same policy
+    if not server_args.admin_api_key:
+        if server_args.api_key:
+            print("sglang-mezo serve: WARNING: no --admin-api-key: /mezo/step|train|rollback|save are off "
+                  "(403); the ordinary --api-key never changes the served model", file=sys.stderr)
+        elif not _is_loopback(server_args.host):
+            print(f"sglang-mezo serve: WARNING: listening on {server_args.host} without --admin-api-key: "
+                  "anyone who reaches this port can change the model every user is served "
+                  "(/mezo/step|train|rollback|save)", file=sys.stderr)
     _capture_port_args()
     _add_routes(app)
     launch_server(server_args)

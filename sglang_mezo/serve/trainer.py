@@ -8,23 +8,28 @@ requests re-prefill under the new weights: no request ever sees perturbed weight
 """
 from __future__ import annotations
 
+import hashlib
+import logging
 import random
 import time
 from contextlib import contextmanager
-from pathlib import Path
 
 import torch
 
 from .. import objectives, tasks
 from ..backends.base import select_trainable
 from ..mezo import MeZOConfig, StepRecord, mezo_step, replay_step
-from .protocol import RequestError, StepArgs
+from .policy import Policy
+from .protocol import RequestError, SaveArgs, StepArgs
+
+log = logging.getLogger("sglang_mezo.serve")
 
 
 class ServedTrainer:
-    def __init__(self, backend, pause, resume, flush, perturb: str = "layerwise"):
+    def __init__(self, backend, pause, resume, flush, perturb: str = "layerwise", policy: Policy | None = None):
         self.backend, self._pause, self._resume, self._flush = backend, pause, resume, flush
         self.perturb = perturb
+        self.policy = policy or Policy()   # restricted under `sglang-mezo serve` (requests over HTTP)
         self.pieces = select_trainable(backend.pieces, None)
         self.weights = backend.weights(self.pieces, perturb)
         self.records: list[StepRecord] = []
@@ -42,32 +47,73 @@ class ServedTrainer:
             self._resume()
 
     def _batch(self, a: StepArgs):
+        """The step's examples and whether their candidates are single tokens."""
         if a.examples is not None:
             exs = [tasks.Example(e["prompt"], list(e["candidates"]), int(e["label"])) for e in a.examples]
-            return exs, all(len(self.backend.tokenizer.encode(c, add_special_tokens=False)) == 1
-                            for e in exs for c in e.candidates)
+            single = all(len(self.backend.tokenizer.encode(c, add_special_tokens=False)) == 1
+                         for e in exs for c in e.candidates)
+            return exs, single
         key = (a.task, a.k_shot, a.seed or 0, a.batch_size)
         if key not in self._data:
+            source = self.policy.task(a.task)  # a built-in name, or an allowed task file (or RequestError)
             try:
-                spec = tasks.get_task(a.task)
+                spec = tasks.get_task(source)
+                self.policy.check_task_data(a.task, spec)
                 data = tasks.splits(spec, k_shot=a.k_shot, seed=a.seed or 0)
             except tasks.TaskError as e:
-                raise RequestError(str(e)) from None
+                raise self._task_error(a, e) from None
             from ..train import batches
 
             self._data[key] = (spec, data["train"], batches(len(data["train"]), a.batch_size, a.seed or 0))
         spec, train, order = self._data[key]
         return [train[i] for i in next(order)], spec.single_token_labels
 
+    def _task_error(self, a: StepArgs, e: Exception) -> RequestError:
+        """Task errors may quote a data or task file; over HTTP they go to the server log only."""
+        if not self.policy.restricted:
+            return RequestError(str(e))
+        log.warning("MeZO task %r (k_shot=%s, seed=%s): %s", a.task, a.k_shot, a.seed, e)
+        return RequestError(f"task {a.task!r} cannot be used with k_shot={a.k_shot}, seed={a.seed}: its "
+                             "data is missing, malformed or too small for the request (details in the "
+                             "server log)")
+
+    def _encode(self, a: StepArgs, exs, single):
+        tok = self.backend.tokenizer
+        if a.chat_template:
+            if not getattr(tok, "chat_template", None):
+                raise RequestError("'chat_template': the served model's tokenizer has no chat template")
+            from ..tasks.chat import apply_chat_template
+
+            exs = apply_chat_template(exs, tok)
+        try:
+            enc = objectives.encode(exs, tok, single)
+        except tasks.TaskError as e:
+            if a.task is None:  # the request's own examples: its own text may be quoted back
+                raise RequestError(str(e)) from None
+            raise self._task_error(a, e) from None
+        # A prompt longer than the model's context or the KV pool would fail inside the step
+        limit = self._max_tokens()
+        longest = max(len(r.ids) + (1 if r.next_ids else 0) for r in enc.requests)
+        if longest > limit:
+            raise RequestError(f"an example is {longest} tokens long; this server takes at most {limit} "
+                               "per prompt + candidate")
+        return exs, enc
+
+    def _max_tokens(self) -> int:
+        limits = [getattr(self.backend, "max_tokens", None)]
+        runner = getattr(self.backend, "runner", None)
+        limits.append(getattr(getattr(runner, "model_config", None), "context_len", None))
+        return min(x for x in limits if x) if any(limits) else 1 << 30
+
     def step(self, a: StepArgs) -> dict:
         try:
-            objective = objectives.get_objective(a.objective)
+            objective = objectives.get_objective(self.policy.objective(a.objective))
             cfg = MeZOConfig(lr=a.lr, eps=a.eps, weight_decay=a.weight_decay, estimator=a.estimator,
                              n_queries=a.n_queries)
             exs, single = self._batch(a)
-            enc = objectives.encode(exs, self.backend.tokenizer, single)
-        except (ValueError, tasks.TaskError) as e:
-            raise RequestError(str(e)) from None
+            exs, enc = self._encode(a, exs, single)
+        except (ValueError, tasks.TaskError) as e:  # RequestError included: re-raised as it is
+            raise e if isinstance(e, RequestError) else RequestError(str(e)) from None
         seeds = [self._seed_rng.getrandbits(32) if a.seed is None else (a.seed * 1000003 + len(self.records)
                  * 7919 + q) % 2**32 for q in range(a.n_queries)]
         t0 = time.perf_counter()
@@ -90,24 +136,35 @@ class ServedTrainer:
         self.records = keep
         return {"steps": len(keep), "rolled_back": k}
 
-    def save(self, path: str) -> dict:
+    def save(self, a: SaveArgs) -> dict:
         from .. import trajectory
         from ..export import save_model
 
-        out = Path(path)
+        out = self.policy.save_path(a.path, a.overwrite)  # over HTTP: inside --mezo-save-dir only
         if out.exists() and not out.is_dir():
-            raise RequestError(f"'path' {path} exists and is not a directory")
+            raise RequestError(f"'path' {a.path} exists and is not a directory")
         out.mkdir(parents=True, exist_ok=True)
         with self._exclusive():  # weights are never mid-perturbation here; exclusive keeps it so
             save_model(self.backend.model_path, self.backend.hf_state_dict(), self.backend.dtype, out / "model")
         dtype = str(self.backend.dtype).removeprefix("torch.")
         trajectory.write(out / "trajectory.jsonl", trajectory.make_header(
             self.backend.model_path, dtype, self.pieces, "sglang-serve", self.perturb), self.records)
-        return {"path": str(out), "steps": len(self.records)}
+        return {"path": a.path if self.policy.restricted else str(out), "steps": len(self.records)}
 
-    def status(self) -> dict:
-        return {"steps": len(self.records), "last": None if not self.records else {
+    def status(self, checksum: bool = False) -> dict:
+        out = {"steps": len(self.records), "last": None if not self.records else {
             "step": self.records[-1].step, "loss": self.records[-1].loss, "grads": self.records[-1].grads}}
+        if checksum:
+            out["weights_sha256"] = self.checksum()
+        return out
+
+    def checksum(self) -> str:
+        """sha256 over every parameter of the engine's model, bit for bit (detects any change)."""
+        h = hashlib.sha256()
+        for name, p in sorted(self.backend.model.named_parameters()):
+            h.update(name.encode())
+            h.update(p.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+        return h.hexdigest()
 
     def handle(self, op: str, args) -> dict:
         from . import protocol
@@ -119,6 +176,6 @@ class ServedTrainer:
         if op == "save":
             return self.save(protocol.parse_save(args))
         if op == "status":
-            return self.status()
+            return self.status(protocol.parse_status(args))
         raise RequestError(f"unknown operation {op!r}", 404)
 

@@ -1,0 +1,51 @@
+"""Start a real `sglang-mezo serve` (CPU, loopback) for a test module; shared by test_serve/test_security."""
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from contextlib import contextmanager
+
+import requests
+
+from conftest import ROOT
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextmanager
+def running_server(model: str, log_path, *extra: str, env: dict | None = None):
+    """Yields the base URL once /health answers; the process group is stopped afterwards."""
+    port = free_port()
+    log = open(log_path, "w")
+    proc = subprocess.Popen([sys.executable, "-m", "sglang_mezo", "serve", "--model-path", model,
+                             "--host", "127.0.0.1", "--port", str(port), "--dtype", "float32",
+                             "--log-level", "warning", *extra], cwd=str(ROOT), stdout=log,
+                            stderr=subprocess.STDOUT, start_new_session=True, env={**os.environ, **(env or {})})
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.time() + 180
+        while time.time() < deadline:
+            if proc.poll() is not None:
+                raise AssertionError(f"server exited early, see {log_path}")
+            try:
+                if requests.get(url + "/health", timeout=2).status_code == 200:
+                    break
+            except requests.ConnectionError:
+                pass
+            time.sleep(1)
+        else:
+            raise AssertionError("server did not come up in 180 s")
+        yield url
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+        log.close()

@@ -12,9 +12,9 @@ def _train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--task", default="sst2", help="built-in task name or a task .yaml file")
     p.add_argument("--model", default=None, help="local HF model folder (default: embedded SmolLM2-135M)")
     p.add_argument("--backend", default="sglang", help="sglang | hf")
-    p.add_argument("--objective", default="ce",
-                   help="classification: ce | accuracy | lm | module:function; "
-                        "generation: em | f1 | numeric | contains | lm | module:function")
+    p.add_argument("--objective", default=None,
+                   help="classification: ce (default) | accuracy | lm | module:function; generation: "
+                        "em | f1 | numeric | contains | lm | module:function (default: the task's metric)")
     p.add_argument("--steps", type=int, default=100)
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--lr", type=float, default=1e-6)
@@ -37,6 +37,7 @@ def _train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--perturb", default="layerwise",
                    help="layerwise (exact, default) | inplace (MeZO's +eps/-2eps/+eps)")
     p.add_argument("--keep", default="best", help="best (dev) step or last step as DIR/model")
+    p.add_argument("--eval-batch-size", type=int, default=64, help="examples per engine batch in evaluation")
     p.add_argument("--max-new-tokens", type=int, default=None,
                    help="generation tasks: tokens per generation (default: the task's)")
     p.add_argument("--temperature", type=float, default=0.0, help="generation tasks: 0 = greedy")

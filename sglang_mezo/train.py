@@ -34,7 +34,7 @@ class TrainConfig:
     task: str = "sst2"
     model: str | None = None
     backend: str = "sglang"
-    objective: str = "ce"
+    objective: str | None = None   # None: the task's default (ce; a generation task's metric)
     steps: int = 100
     batch_size: int = 16
     lr: float = 1e-6
@@ -92,7 +92,10 @@ def batches(n: int, size: int, seed: int):
 
 def train(cfg: TrainConfig) -> dict:
     # Everything that can be wrong with the input is checked before anything is written.
-    if tasks.is_generation(tasks.get_task(cfg.task)):
+    generation = tasks.is_generation(tasks.get_task(cfg.task))
+    if cfg.objective is None and not generation:  # a generation task defaults to its own metric
+        cfg.objective = "ce"
+    if generation:
         from .train_generation import train_generation
 
         return train_generation(cfg)

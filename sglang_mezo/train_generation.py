@@ -39,7 +39,7 @@ def train_generation(cfg: TrainConfig) -> dict:
     if cfg.keep not in ("best", "last"):
         raise ValueError(f"--keep must be 'best' or 'last', got {cfg.keep!r}")
     spec = tasks.get_task(cfg.task)
-    objective = cfg.objective
+    objective = cfg.objective = cfg.objective or spec.metric
     if objective in ("ce", "accuracy"):
         raise ValueError(f"objective {objective!r} scores candidates of a classification task; task "
                          f"{spec.name!r} is a generation task: choose one of {ro.objective_names()} "

@@ -10,7 +10,10 @@ from . import cpu_shims
 
 def _train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--task", default="sst2", help="built-in task name or a task .yaml file")
-    p.add_argument("--model", default=None, help="local HF model folder (default: embedded SmolLM2-135M)")
+    p.add_argument("--model", default=None, help="local HF model folder (default: embedded SmolLM2-135M), "
+                                                 "or minilm (embedded encoder classifier)")
+    p.add_argument("--num-labels", type=int, default=None,
+                   help="encoder without a classification head: classes of the seeded head to add")
     p.add_argument("--backend", default="sglang", help="sglang | hf")
     p.add_argument("--objective", default=None,
                    help="classification: ce (default) | accuracy | lm | module:function; generation: "
@@ -61,6 +64,7 @@ def main(argv: list[str] | None = None) -> int:
     _train_args(sub.add_parser("train", help="fine-tune with MeZO"))
     e = sub.add_parser("eval", help="accuracy of a model on a task split (one JSON line)")
     e.add_argument("--model", default=None)
+    e.add_argument("--num-labels", type=int, default=None, help="encoder without a head (as train)")
     e.add_argument("--task", default="sst2")
     e.add_argument("--split", default="test")
     e.add_argument("--backend", default="sglang")
@@ -100,8 +104,13 @@ def main(argv: list[str] | None = None) -> int:
 def evaluate_cmd(args) -> dict:
     from . import objectives, tasks
     from .backends import make_backend
-    from .models import resolve_model
+    from .models import is_encoder_model, resolve_model
 
+    if is_encoder_model(args.model):  # class logits of a BERT / XLM-R classifier
+        from .train_encoder import evaluate_encoder
+
+        return evaluate_encoder(args.model, args.task, args.split, args.backend, args.dtype, args.limit,
+                                args.seed, args.data_dir, args.batch_size, args.num_labels)
     spec = tasks.get_task(args.task)
     examples = tasks.subsample(tasks.load_split(spec, args.split, args.data_dir), args.limit, args.seed)
     backend = make_backend(args.backend, resolve_model(args.model), args.dtype)

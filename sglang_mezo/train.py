@@ -20,7 +20,7 @@ from .backends import BACKENDS, BackendError, make_backend, select_trainable
 from .backends.base import hf_dtype
 from .export import save_model
 from .mezo import MeZOConfig, mezo_step, replay_step
-from .models import resolve_model
+from .models import is_encoder_model, resolve_model
 from .trajectory import TrajectoryWriter, make_header
 
 
@@ -63,6 +63,7 @@ class TrainConfig:
     temperature: float = 0.0
     top_p: float = 1.0
     watch: bool = True
+    num_labels: int | None = None  # encoder classifiers (train_encoder.py): classes of an added head
 
     def mezo(self) -> MeZOConfig:
         return MeZOConfig(lr=self.lr, eps=self.eps, weight_decay=self.weight_decay,
@@ -92,6 +93,13 @@ def batches(n: int, size: int, seed: int):
 
 def train(cfg: TrainConfig) -> dict:
     # Everything that can be wrong with the input is checked before anything is written.
+    if is_encoder_model(cfg.model):  # BERT / XLM-R classifiers: class logits, not token log-probs
+        from .train_encoder import train_encoder
+
+        return train_encoder(cfg)
+    if cfg.num_labels is not None:
+        raise ValueError("--num-labels is for encoder classifiers (BERT / XLM-R, --model minilm); "
+                         f"{cfg.model or 'the default model'} is a decoder scored by label words")
     generation = tasks.is_generation(tasks.get_task(cfg.task))
     if cfg.objective is None and not generation:  # a generation task defaults to its own metric
         cfg.objective = "ce"

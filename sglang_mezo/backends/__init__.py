@@ -7,6 +7,10 @@ BACKENDS = ("sglang", "hf")
 
 
 def make_backend(name: str, model_path: str, dtype: str = "float32", **kw) -> Backend:
+    from .encoder import is_encoder
+
+    if is_encoder(model_path):  # BERT / XLM-R classifiers: class logits instead of token log-probs
+        return make_encoder_backend(name, model_path, dtype, **kw)
     if name == "sglang":
         from .sglang_runner import SGLangBackend
 
@@ -15,6 +19,18 @@ def make_backend(name: str, model_path: str, dtype: str = "float32", **kw) -> Ba
         from .hf import HFBackend
 
         return HFBackend(model_path, dtype, **kw)
+    raise BackendError(f"unknown backend {name!r}: choose one of {BACKENDS}")
+
+
+def make_encoder_backend(name: str, model_path: str, dtype: str = "float32", **kw) -> Backend:
+    if name == "sglang":
+        from .encoder import SGLangEncoderBackend
+
+        return SGLangEncoderBackend(model_path, dtype, **kw)
+    if name == "hf":
+        from .hf_encoder import HFEncoderBackend
+
+        return HFEncoderBackend(model_path, dtype, **kw)
     raise BackendError(f"unknown backend {name!r}: choose one of {BACKENDS}")
 
 

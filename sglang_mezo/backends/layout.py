@@ -50,10 +50,15 @@ def packed_mapping(model: torch.nn.Module) -> dict[str, list[str]]:
     return getattr(model, "packed_modules_mapping", None) or DEFAULT_PACKED
 
 
-def engine_pieces(model: torch.nn.Module, hf_shapes: dict[str, tuple[int, ...]]) -> list[Piece]:
-    packed = packed_mapping(model)
+def engine_pieces(model: torch.nn.Module, hf_shapes: dict[str, tuple[int, ...]],
+                  packed: dict[str, list[str]] | None = None, skip: tuple[str, ...] = ()) -> list[Piece]:
+    """`packed` overrides the model's fused mapping (for models whose loader renames inline, e.g. BERT);
+    engine parameters whose names end with one of `skip` are not weights (never read) and get no piece."""
+    packed = packed or packed_mapping(model)
     pieces: list[Piece] = []
     for name, param in model.named_parameters():
+        if skip and name.endswith(skip):
+            continue
         module = model.get_submodule(name.rsplit(".", 1)[0]) if "." in name else model
         if name in hf_shapes:
             pieces.append(_one_to_one(name, hf_shapes[name], param, module))

@@ -35,7 +35,8 @@ class SGLangBackend(Backend):
     name = "sglang"
 
     def __init__(self, model_path: str, dtype: str = "float32", *, max_total_tokens: int = 8192,
-                 device: str | None = None, verify_layout: bool = True, tp_size: int = 1):
+                 device: str | None = None, verify_layout: bool = True, tp_size: int = 1,
+                 server_args: dict | None = None):
         cpu_shims.install()
         check_version()
         from sglang.benchmark.one_batch import _init_process_global_configs, load_model
@@ -45,7 +46,7 @@ class SGLangBackend(Backend):
 
         on_cuda = torch.cuda.is_available() if device is None else device == "cuda"
         kw = dict(model_path=model_path, dtype=dtype, disable_radix_cache=True, tp_size=tp_size,
-                  max_total_tokens=max_total_tokens, random_seed=0, log_level="error")
+                  max_total_tokens=max_total_tokens, random_seed=0, log_level="error", **(server_args or {}))
         if not on_cuda:
             kw.update(device="cpu", attention_backend="torch_native", disable_cuda_graph=True)
         sa = ServerArgs(**kw)

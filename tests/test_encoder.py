@@ -1,0 +1,155 @@
+"""Encoder classifiers on the real engine: SGLang's class logits vs transformers', the same noise on both
+layouts, exact windows, train → replay bit-identical, and bad input stopped before any step.
+The pytest process holds the tiny Llama runner, so every SGLang encoder runs in a subprocess."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import cli, last_json, run_py
+
+SIGMOID = "torch.nn.modules.activation.Sigmoid"
+
+
+@pytest.fixture(scope="module")
+def tiny_bert(tmp_path_factory) -> str:
+    from sglang_mezo.models import make_tiny_bert
+
+    # with a sentence-transformers activation SGLang would apply: the backend must return raw logits
+    return make_tiny_bert(str(tmp_path_factory.mktemp("tiny_bert")), num_labels=3, activation=SIGMOID)
+
+
+@pytest.fixture(scope="module")
+def tiny_bert2(tmp_path_factory) -> str:
+    from sglang_mezo.models import make_tiny_bert
+
+    return make_tiny_bert(str(tmp_path_factory.mktemp("tiny_bert2")), num_labels=2, seed=1)
+
+
+def check(model_dir: str) -> dict:
+    return last_json(run_py(["tests/encoder_check.py", model_dir]).stdout)
+
+
+def assert_engine_matches(r: dict, num_labels: int) -> None:
+    assert r["sglang_type"] == "SGLangEncoderBackend" and r["hf_type"] == "HFEncoderBackend"
+    assert r["num_labels"] == num_labels
+    assert r["logits_gap"] <= 1e-4 and r["logits_gap_after"] <= 1e-4
+    assert r["batch_vs_alone"] <= 1e-5                     # ragged packing does not mix sequences
+    assert r["accuracy"][0] == r["accuracy"][1]
+    assert abs(r["ce"][0] - r["ce"][1]) <= 1e-4
+    assert r["names_equal"] and r["mismatched"] == 0       # same seed → same HF elements, same values
+    assert r["moved"] >= 0.999 * r["elements"]             # every trainable tensor got noise
+    assert r["padding_rows"] > 0 and r["padding_untouched"]
+    for b in ("sglang", "hf"):
+        w = r[f"{b}_windows"]
+        assert w["loss_equal"] and w["exact"] and w["moved"] and w["n_layers"] >= 2
+
+
+def test_tiny_bert_logits_noise_windows(tiny_bert):
+    r = check(tiny_bert)
+    assert_engine_matches(r, 3)
+    logits = torch.tensor(r["hf_logits"])
+    assert (logits < 0).any() and logits.std() > 0.05      # raw logits (not sigmoid), not degenerate
+
+
+def test_minilm_classifier_matches_transformers():
+    from sglang_mezo.models import resolve_encoder
+
+    path = resolve_encoder("minilm", None, 2)
+    cfg = json.loads((Path(path) / "config.json").read_text())
+    assert cfg["architectures"] == ["BertForSequenceClassification"] and len(cfg["id2label"]) == 2
+    assert cfg["sglang_mezo_head"]["seed"] == 0
+    assert resolve_encoder("minilm", None, 2) == path     # built once, cached
+    assert_engine_matches(check(path), 2)
+
+
+def _st(path):
+    from safetensors.torch import load_file
+
+    return load_file(str(Path(path) / "model.safetensors"))
+
+
+def test_train_replay_eval(tiny_bert2, tmp_path):
+    out, rep = tmp_path / "run", tmp_path / "replayed"
+    r = last_json(cli("train", "--model", tiny_bert2, "--task", "sst2", "--steps", "6", "--batch-size", "8",
+                      "--lr", "1e-2", "--eps", "1e-2", "--n-test", "40", "--keep", "last",
+                      "--out", str(out), "--progress-off").stdout)
+    assert r["steps"] == 6 and r["best_step"] == 6
+    steps = [json.loads(l) for l in (out / "trajectory.jsonl").read_text().splitlines()[1:]]
+    assert len(steps) == 6 and all(s["grads"][0] != 0 for s in steps)
+    cli("replay", "--trajectory", str(out / "trajectory.jsonl"), "--out", str(rep))
+    trained, replayed, base = _st(out / "model"), _st(rep), _st(tiny_bert2)
+    assert sorted(trained) == sorted(replayed) == sorted(base)
+    assert all(torch.equal(trained[k], replayed[k]) for k in trained)
+    assert any(not torch.equal(trained[k], base[k]) for k in trained)
+    ev = last_json(cli("eval", "--model", str(out / "model"), "--task", "sst2", "--limit", "40").stdout)
+    test = [json.loads(l) for l in (out / "metrics.jsonl").read_text().splitlines()][-1]
+    assert ev["n"] == 40 and ev["accuracy"] == test["accuracy"]
+
+
+def test_headless_encoder_gets_seeded_head(tmp_path):
+    from sglang_mezo.models import make_tiny_bert
+
+    enc = make_tiny_bert(str(tmp_path / "bert_model"), headless=True)
+    out = tmp_path / "run"
+    p = cli("train", "--model", enc, "--task", "sst2", "--steps", "2", "--out", str(out), check=False)
+    assert p.returncode == 2 and "--num-labels" in p.stderr and not out.exists()
+    r = last_json(cli("train", "--model", enc, "--num-labels", "2", "--task", "sst2", "--steps", "3",
+                      "--trainable", "^classifier", "--objective", "accuracy", "--batch-size", "8", "--eps",
+                      "1", "--n-test", "20", "--out", str(out), "--progress-off").stdout)
+    steps = [json.loads(l) for l in (out / "trajectory.jsonl").read_text().splitlines()[1:]]
+    losses = [v for s in steps for v in s["loss_plus"] + s["loss_minus"]]
+    assert len(losses) == 6 and len(set(losses)) > 1  # the accuracy objective moved: −(multiples of 1/8)
+    assert all(-1 <= v <= 0 and abs(v * 8 - round(v * 8)) < 1e-9 for v in losses)
+    head = json.loads((Path(r["model"]) / "config.json").read_text())
+    assert head["architectures"] == ["BertForSequenceClassification"]
+    assert head["sglang_mezo_head"] == {"source": str(Path(enc).resolve()), "seed": 0, "num_labels": 2}
+    header = json.loads((out / "trajectory.jsonl").read_text().splitlines()[0])
+    assert header["trainable_names"] == ["classifier.weight", "classifier.bias"]
+    assert header["base_model"] == r["model"]
+    w = _st(r["model"])
+    src = _st(enc)
+    assert all(torch.equal(w["bert." + k], v) for k, v in src.items() if "bert." + k in w)
+    assert w["classifier.weight"].std() > 0 and not w["classifier.bias"].any()
+
+
+@pytest.mark.parametrize("args, words", [
+    (["--task", "cb"], ["3 classes", "2"]),                           # labels exceed the head's classes
+    (["--objective", "lm"], ["lm", "encoder", "ce", "accuracy"]),      # token objective on an encoder
+    (["--task", "squad"], ["squad", "classification"]),               # generation task on an encoder
+    (["--num-labels", "5"], ["--num-labels 5", "2-class head"]),       # head and --num-labels disagree
+    (["--chat-template"], ["chat"]),
+])
+def test_bad_input_stops_before_any_step(tiny_bert2, tmp_path, args, words):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "keep.txt").write_text("mine")  # --overwrite: nothing the job would write may be touched yet
+    p = cli("train", "--model", tiny_bert2, "--steps", "1", "--out", str(out), "--overwrite", *args, check=False)
+    assert p.returncode == 2, p.stderr[-2000:]
+    for w in words:
+        assert w in p.stderr, (w, p.stderr[-500:])
+    assert sorted(x.name for x in out.iterdir()) == ["keep.txt"]
+
+
+def test_num_labels_on_a_decoder_is_refused(tiny_model, tmp_path):
+    p = cli("train", "--model", tiny_model, "--num-labels", "2", "--steps", "1", "--out", str(tmp_path / "o"),
+            check=False)
+    assert p.returncode == 2 and "--num-labels" in p.stderr and not (tmp_path / "o").exists()
+
+
+def test_class_objectives_are_the_seed_code():
+    from sglang_mezo import class_objectives as co
+
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(32, 3, generator=g)
+    labels = torch.randint(0, 3, (32,), generator=g)
+    preds = torch.argmax(logits, dim=-1)
+    assert co.accuracy(logits, labels) == -(preds == labels).float().mean().item()
+    assert co.ce(logits, labels) == torch.nn.functional.cross_entropy(logits, labels).item()
+    out = co.ClassOutputs([], labels, logits)
+    assert co.get_objective("accuracy")(out) == co.accuracy(logits, labels)
+    with pytest.raises(ValueError, match="encoder classifier"):
+        co.get_objective("lm")

@@ -93,6 +93,9 @@ def batches(n: int, size: int, seed: int):
 
 def train(cfg: TrainConfig) -> dict:
     # Everything that can be wrong with the input is checked before anything is written.
+    generation = tasks.is_generation(tasks.get_task(cfg.task))
+    if cfg.objective is None and not generation:  # a generation task defaults to its own metric
+        cfg.objective = "ce"
     if is_encoder_model(cfg.model):  # BERT / XLM-R classifiers: class logits, not token log-probs
         from .train_encoder import train_encoder
 
@@ -100,9 +103,6 @@ def train(cfg: TrainConfig) -> dict:
     if cfg.num_labels is not None:
         raise ValueError("--num-labels is for encoder classifiers (BERT / XLM-R, --model minilm); "
                          f"{cfg.model or 'the default model'} is a decoder scored by label words")
-    generation = tasks.is_generation(tasks.get_task(cfg.task))
-    if cfg.objective is None and not generation:  # a generation task defaults to its own metric
-        cfg.objective = "ce"
     if generation:
         from .train_generation import train_generation
 

@@ -124,9 +124,15 @@ def test_only_the_admin_key_changes_the_model(server):
     # SGLang's own weight route answers the user key the same way
     assert post(url, "/update_weights_from_disk", {"model_path": "x"}, key=USER).status_code in (401, 403)
 
-    res = ok(post(url, "/mezo/step", STEP))
-    assert res["step"] == 1 and checksum(url) != before
-    assert ok(post(url, "/mezo/rollback", {"steps": 1})) == {"steps": 0, "rolled_back": 1}
+    # the Python client: the admin key for what changes the model, the user key for status
+    from sglang_mezo.serve import MezoClient, MezoError
+
+    with pytest.raises(MezoError) as err:
+        MezoClient(url, api_key=USER).step(**STEP)
+    assert err.value.status == 401
+    admin = MezoClient(url, api_key=USER, admin_api_key=ADMIN)
+    assert admin.step(**STEP)["step"] == 1 and admin.status()["steps"] == 1 and admin.checksum() != before
+    assert admin.rollback(1) == {"steps": 0, "rolled_back": 1}
     assert checksum(url) == before
 
 

@@ -60,13 +60,17 @@ class ServedTrainer:
                 spec = tasks.get_task(source)
                 self.policy.check_task_data(a.task, spec)
                 data = tasks.splits(spec, k_shot=a.k_shot, seed=a.seed or 0)
-            except tasks.TaskError as e:
+            except RequestError:
+                raise
+            except Exception as e:  # TaskError, or a file reader's own error (which may quote the file)
+                if not isinstance(e, tasks.TaskError) and not self.policy.restricted:
+                    raise
                 raise self._task_error(a, e) from None
             from ..train import batches
 
             self._data[key] = (spec, data["train"], batches(len(data["train"]), a.batch_size, a.seed or 0))
         spec, train, order = self._data[key]
-        return [train[i] for i in next(order)], spec.single_token_labels
+        return [train[i] for i in next(order)], getattr(spec, "single_token_labels", True)
 
     def _task_error(self, a: StepArgs, e: Exception) -> RequestError:
         """Task errors may quote a data or task file; over HTTP they go to the server log only."""
@@ -106,13 +110,17 @@ class ServedTrainer:
         return min(x for x in limits if x) if any(limits) else 1 << 30
 
     def step(self, a: StepArgs) -> dict:
+        from .generation import generation_step, is_generation_request
+
+        if is_generation_request(self, a):  # a reward on the engine's generations, or lm on answers
+            return generation_step(self, a)
         try:
             objective = objectives.get_objective(self.policy.objective(a.objective))
             cfg = MeZOConfig(lr=a.lr, eps=a.eps, weight_decay=a.weight_decay, estimator=a.estimator,
                              n_queries=a.n_queries)
             exs, single = self._batch(a)
             exs, enc = self._encode(a, exs, single)
-        except (ValueError, tasks.TaskError) as e:  # RequestError included: re-raised as it is
+        except ValueError as e:  # TaskError too; a RequestError is re-raised as it is
             raise e if isinstance(e, RequestError) else RequestError(str(e)) from None
         seeds = [self._seed_rng.getrandbits(32) if a.seed is None else (a.seed * 1000003 + len(self.records)
                  * 7919 + q) % 2**32 for q in range(a.n_queries)]

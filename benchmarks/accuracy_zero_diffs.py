@@ -58,6 +58,10 @@ def main():
         new = {(r["eps"], r["batch"]) for r in rows}
         rows = [r for r in json.loads(out.read_text())["rows"] if (r["eps"], r["batch"]) not in new] + rows
         rows.sort(key=lambda r: (r["eps"], r["batch"]))
+    from common import machine_info  # host, versions, git commit of this run
+
+    commit = machine_info()["git_commit"]
+    rows = [r if "git_commit" in r else {**r, "git_commit": commit} for r in rows]
     out.write_text(json.dumps({"model": "SmolLM2-135M-Instruct (embedded)", "task": "sst2 train batches",
                                "rows": rows}, indent=1))
 

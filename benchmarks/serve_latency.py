@@ -85,6 +85,9 @@ def main():
         print(f"{k:10} {res[k]['p50_ms']:8.1f} {res[k]['p90_ms']:8.1f} {res[k]['p99_ms']:8.1f}")
     print(f"MeZO steps taken while measuring: {res['steps_during_measurement']}; p50 x{res['p50_ratio']:.2f}, "
           f"p99 x{res['p99_ratio']:.2f}")
+    from common import machine_info  # host, versions, git commit of this run
+
+    res["machine"] = machine_info()
     out = ROOT / "benchmarks" / "results" / "serve_latency.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     runs = json.loads(out.read_text()).get("runs", []) if out.exists() else []

@@ -90,6 +90,10 @@ def main():
                     continue
                 results["commands"][name] = (f"sglang-mezo train --task sst2 --steps {results['runs'][name]['steps']} "
                                              + " ".join(sargs + oargs) + f" --out runs/sst2_{name}")
+    from common import machine_info  # benchmarks/common.py: host, versions, git commit of this checkout
+
+    results["machine"] = {**machine_info(), "measured_at_commit": machine_info()["git_commit"],
+                          "commit_note": "the checkout's commit when the runs were summarised"}
     (RESULTS / "sst2_accuracy.json").write_text(json.dumps(results, indent=1))
     lines = ["| run | objective | train / dev / test | steps | batch | lr | eps | zero-shot test | MeZO test | gain "
              "| best dev step | s/step (median) | wall |", "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]

@@ -26,8 +26,9 @@ _SAVE_ENTRIES = ("model", "model.tmp", "model.old", "trajectory.jsonl", "traject
 
 def builtin_objectives() -> list[str]:
     from ..objectives import OBJECTIVES
+    from ..rewards import METRICS  # rewards on generated text (generation steps)
 
-    return sorted(OBJECTIVES)
+    return sorted(set(OBJECTIVES) | set(METRICS))
 
 
 def builtin_tasks() -> list[str]:

@@ -68,10 +68,15 @@ class StepArgs:
     n_queries: int
     estimator: str
     chat_template: bool = False   # wrap prompts with the tokenizer's chat template (tasks/chat.py)
+    # generation steps (serve/generation.py): examples [{"prompt", "answers"}] or a generation task
+    max_new_tokens: int | None = None
+    temperature: float = 0.0
+    top_p: float = 1.0
+    objective_given: bool = True  # False: a generation task's own metric
 
 
 STEP_FIELDS = {"lr", "eps", "weight_decay", "objective", "seed", "examples", "task", "batch_size", "k_shot",
-               "n_queries", "estimator", "chat_template"}
+               "n_queries", "estimator", "chat_template", "max_new_tokens", "temperature", "top_p"}
 
 
 def parse_step(d) -> StepArgs:
@@ -87,7 +92,11 @@ def parse_step(d) -> StepArgs:
     if examples is not None:
         if not isinstance(examples, list) or not 0 < len(examples) <= MAX_EXAMPLES:
             raise RequestError(f"'examples' must be a list of 1 to {MAX_EXAMPLES} examples")
+        generation = isinstance(examples[0], dict) and "answers" in examples[0]
         for i, ex in enumerate(examples):
+            if generation:
+                _generation_example(i, ex)
+                continue
             if not isinstance(ex, dict) or not isinstance(ex.get("prompt"), str) \
                     or not isinstance(ex.get("candidates"), list) \
                     or not 2 <= len(ex["candidates"]) <= MAX_CANDIDATES \
@@ -119,7 +128,23 @@ def parse_step(d) -> StepArgs:
                     examples=examples, task=task,
                     batch_size=_num(d, "batch_size", 16, lo=1, hi=MAX_EXAMPLES, integer=True),
                     k_shot=k_shot, n_queries=_num(d, "n_queries", 1, lo=1, hi=64, integer=True),
-                    estimator=estimator, chat_template=_flag(d, "chat_template"))
+                    estimator=estimator, chat_template=_flag(d, "chat_template"),
+                    max_new_tokens=None if d.get("max_new_tokens") is None else
+                    _num(d, "max_new_tokens", lo=1, hi=4096, integer=True),
+                    temperature=_num(d, "temperature", 0.0, lo=0, hi=10), top_p=_num(d, "top_p", 1.0, lo=1e-6, hi=1),
+                    objective_given="objective" in d)
+
+
+def _generation_example(i: int, ex) -> None:
+    """{"prompt": str, "answers": str or a list of strings} (the references a reward compares against)."""
+    ans = ex.get("answers") if isinstance(ex, dict) else None
+    ok = isinstance(ans, str) or (isinstance(ans, list) and 0 < len(ans) <= MAX_CANDIDATES
+                                  and all(isinstance(a, str) for a in ans))
+    if not isinstance(ex, dict) or not isinstance(ex.get("prompt"), str) or not ok:
+        raise RequestError(f"examples[{i}] needs 'prompt' (string) and 'answers' (a string or 1 to "
+                           f"{MAX_CANDIDATES} strings), like examples[0]")
+    if set(ex) - {"prompt", "answers"}:
+        raise RequestError(f"examples[{i}] has unknown field(s) {sorted(map(_short, set(ex) - {'prompt', 'answers'}))}")
 
 
 def parse_train(d) -> tuple[int, float, StepArgs]:

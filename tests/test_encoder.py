@@ -29,6 +29,25 @@ def tiny_bert2(tmp_path_factory) -> str:
     return make_tiny_bert(str(tmp_path_factory.mktemp("tiny_bert2")), num_labels=2, seed=1)
 
 
+@pytest.fixture(scope="module")
+def tiny_xlmr(tmp_path_factory, tiny_bert) -> str:
+    """A small random XLMRobertaForSequenceClassification (RoBERTa positions: offset by padding_idx + 1)."""
+    from transformers import AutoTokenizer, XLMRobertaConfig, XLMRobertaForSequenceClassification
+
+    out = str(tmp_path_factory.mktemp("tiny_xlmr"))
+    torch.manual_seed(0)
+    cfg = XLMRobertaConfig(vocab_size=1000, hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
+                           intermediate_size=128, max_position_embeddings=130, num_labels=3, pad_token_id=0,
+                           type_vocab_size=1)
+    model = XLMRobertaForSequenceClassification(cfg)
+    with torch.no_grad():
+        for n, p in model.named_parameters():
+            p.add_(torch.randn_like(p) * (0.1 if p.dim() == 1 else 1.0 if n.startswith("classifier") else 0.05))
+    model.save_pretrained(out)
+    AutoTokenizer.from_pretrained(tiny_bert).save_pretrained(out)
+    return out
+
+
 def check(model_dir: str) -> dict:
     return last_json(run_py(["tests/encoder_check.py", model_dir]).stdout)
 
@@ -42,7 +61,7 @@ def assert_engine_matches(r: dict, num_labels: int) -> None:
     assert abs(r["ce"][0] - r["ce"][1]) <= 1e-4
     assert r["names_equal"] and r["mismatched"] == 0       # same seed → same HF elements, same values
     assert r["moved"] >= 0.999 * r["elements"]             # every trainable tensor got noise
-    assert r["padding_rows"] > 0 and r["padding_untouched"]
+    assert r["padding_untouched"]
     for b in ("sglang", "hf"):
         w = r[f"{b}_windows"]
         assert w["loss_equal"] and w["exact"] and w["moved"] and w["n_layers"] >= 2
@@ -51,8 +70,15 @@ def assert_engine_matches(r: dict, num_labels: int) -> None:
 def test_tiny_bert_logits_noise_windows(tiny_bert):
     r = check(tiny_bert)
     assert_engine_matches(r, 3)
+    assert r["padding_rows"] > 0                            # SGLang pads token_type rows: never moved
     logits = torch.tensor(r["hf_logits"])
     assert (logits < 0).any() and logits.std() > 0.05      # raw logits (not sigmoid), not degenerate
+
+
+def test_tiny_xlm_roberta_logits_noise_windows(tiny_xlmr):
+    r = check(tiny_xlmr)
+    assert_engine_matches(r, 3)
+    assert torch.tensor(r["hf_logits"]).std() > 0.05
 
 
 def test_minilm_classifier_matches_transformers():

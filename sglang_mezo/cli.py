@@ -47,6 +47,13 @@ def _train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--top-p", type=float, default=1.0, help="generation tasks: nucleus sampling")
     p.add_argument("--no-watch", dest="watch", action="store_false",
                    help="generation tasks: measure only the optimised objective (not reward and LM loss)")
+    p.add_argument("--replicas", default=None, metavar="URL[,URL...]",
+                   help="data parallel: drive these `sglang-mezo serve` replicas (each computes its shard "
+                        "of the batch; admin key from $SGLANG_MEZO_ADMIN_API_KEY)")
+    p.add_argument("--checksum-every", type=int, default=10,
+                   help="with --replicas: compare the replicas' weight checksums every K steps")
+    p.add_argument("--replica-timeout", type=float, default=600,
+                   help="with --replicas: seconds a replica may take to answer before the run stops")
     p.add_argument("--out", required=True)
     p.add_argument("--overwrite", action="store_true")
     p.add_argument("--progress-off", dest="progress", action="store_false", help="no progress bar")
@@ -90,7 +97,16 @@ def main(argv: list[str] | None = None) -> int:
 
             kw = {k: v for k, v in vars(args).items() if k != "cmd"}
             kw["k_shot"] = kw["k_shot"] or None
-            print(json.dumps(train(TrainConfig(**kw))))
+            urls, every, timeout = kw.pop("replicas"), kw.pop("checksum_every"), kw.pop("replica_timeout")
+            if urls is not None:  # data parallel across serving replicas
+                import os
+
+                from .replicas import train_replicas
+
+                print(json.dumps(train_replicas(TrainConfig(**kw), urls.split(","), every, timeout,
+                                                os.environ.get("SGLANG_MEZO_ADMIN_API_KEY"))))
+            else:
+                print(json.dumps(train(TrainConfig(**kw))))
         elif args.cmd == "eval":
             print(json.dumps(evaluate_cmd(args)))
         elif args.cmd == "replay":

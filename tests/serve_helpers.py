@@ -11,6 +11,8 @@ import requests
 
 from conftest import ROOT
 
+PROCS: dict[str, subprocess.Popen] = {}   # URL -> server process (tests that kill a server on purpose)
+
 
 def free_port() -> int:
     with socket.socket() as s:
@@ -19,7 +21,7 @@ def free_port() -> int:
 
 
 @contextmanager
-def running_server(model: str, log_path, *extra: str, env: dict | None = None):
+def running_server(model: str, log_path, *extra: str, env: dict | None = None, start_timeout: float = 180):
     """Yields the base URL once /health answers; the process group is stopped afterwards."""
     port = free_port()
     log = open(log_path, "w")
@@ -29,23 +31,27 @@ def running_server(model: str, log_path, *extra: str, env: dict | None = None):
                             stderr=subprocess.STDOUT, start_new_session=True, env={**os.environ, **(env or {})})
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.time() + 180
+        deadline = time.time() + start_timeout
         while time.time() < deadline:
             if proc.poll() is not None:
                 raise AssertionError(f"server exited early, see {log_path}")
             try:
-                if requests.get(url + "/health", timeout=2).status_code == 200:
+                if requests.get(url + "/health", timeout=10).status_code == 200:
                     break
-            except requests.ConnectionError:
+            except (requests.ConnectionError, requests.Timeout):  # not up yet, or slow on a busy machine
                 pass
             time.sleep(1)
         else:
-            raise AssertionError("server did not come up in 180 s")
+            raise AssertionError(f"server did not come up in {start_timeout:g} s")
+        PROCS[url] = proc
         yield url
     finally:
-        os.killpg(proc.pid, signal.SIGTERM)
+        PROCS.pop(url, None)
         try:
+            os.killpg(proc.pid, signal.SIGTERM)
             proc.wait(30)
+        except ProcessLookupError:  # a test killed it already
+            pass
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGKILL)
         log.close()

@@ -75,8 +75,17 @@ def engine_pieces(model: torch.nn.Module, hf_shapes: dict[str, tuple[int, ...]],
     return pieces
 
 
+def _rank_size(module, group_attr: str = "tp_group") -> tuple[int, int]:
+    """This process's (rank, size) in the group a layer is sharded over. SGLang 0.5.23's linear layers
+    keep the group (`tp_group`, `kv_tp_group` for QKV's k/v), not a rank; None means unsharded."""
+    if hasattr(module, group_attr):
+        g = getattr(module, group_attr)
+        return (0, 1) if g is None else (g.rank_in_group, g.world_size)
+    return getattr(module, "tp_rank", 0), getattr(module, "tp_size", 1)
+
+
 def _one_to_one(name, shape, param, module) -> Piece:
-    tp_rank, tp_size = getattr(module, "tp_rank", 0), getattr(module, "tp_size", 1)
+    tp_rank, tp_size = _rank_size(module)
     if len(shape) != param.dim():
         raise BackendError(f"{name}: engine shape {tuple(param.shape)} vs checkpoint {shape}")
     si = getattr(module, "shard_indices", None)
@@ -95,14 +104,15 @@ def _one_to_one(name, shape, param, module) -> Piece:
 
 
 def _fused(parts, hf_shapes, param, module) -> list[Piece]:
-    tp_rank, tp_size = getattr(module, "tp_rank", 0), getattr(module, "tp_size", 1)
+    tp_rank, tp_size = _rank_size(module)
+    kv_rank, kv_size = _rank_size(module, "kv_tp_group") if hasattr(module, "kv_tp_group") else (tp_rank, tp_size)
     replicas = getattr(module, "num_kv_head_replicas", 1)
     out, row = [], 0
     for i, hf in enumerate(parts):
         shape = hf_shapes[hf]
-        if replicas > 1 and i > 0:  # k/v heads replicated across ranks when tp > num_kv_heads
-            n = shape[0] * replicas // tp_size
-            start = (tp_rank // replicas) * n
+        if i > 0 and hasattr(module, "num_kv_head_replicas"):  # QKV's k/v: own group, maybe replicated
+            n = shape[0] * replicas // kv_size   # heads replicated across ranks when tp > num_kv_heads
+            start = (kv_rank // replicas) * n
         else:
             n = shape[0] // tp_size
             start = tp_rank * n

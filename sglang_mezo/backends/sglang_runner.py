@@ -37,6 +37,10 @@ class SGLangBackend(Backend):
     def __init__(self, model_path: str, dtype: str = "float32", *, max_total_tokens: int = 8192,
                  device: str | None = None, verify_layout: bool = True, tp_size: int = 1,
                  server_args: dict | None = None):
+        if tp_size != 1:  # one process holds one rank; the other ranks need processes SGLang spawns
+            raise BackendError(f"the in-process SGLang runner (`train`, `eval`) is single-rank, tp_size "
+                               f"{tp_size} refused: tensor parallelism runs through `sglang-mezo serve "
+                               f"--tp {tp_size}` (or sglang.Engine(tp_size={tp_size}) with EngineTrainer)")
         cpu_shims.install()
         check_version()
         from sglang.benchmark.one_batch import _init_process_global_configs, load_model
@@ -65,14 +69,30 @@ class SGLangBackend(Backend):
         self._attach(bench.torch_runner, tokenizer, model_path, verify_layout, max_total_tokens)
 
     @classmethod
-    def attach(cls, runner, tokenizer, model_path: str, verify_layout: bool = False) -> "SGLangBackend":
+    def attach(cls, runner, tokenizer, model_path: str, verify_layout: bool = False, group=None
+               ) -> "SGLangBackend":
         """Adapter over a ModelRunner SGLang already built (inside a serving scheduler process).
 
         Its forwards use the runner's KV pools and clear them: call only while no request holds KV
-        (the serving plugin pauses generation and flushes the cache around every use)."""
+        (the serving plugin pauses generation and flushes the cache around every use). `group`: the
+        scheduler's TP GroupCoordinator; under TP > 1 every rank holds a shard and methods that see
+        the whole model (hf_state_dict, gather) are collective: every rank must call them."""
         self = cls.__new__(cls)
+        self.group = group
         self._attach(runner, tokenizer, model_path, verify_layout, runner.max_total_num_tokens)
         return self
+
+    @property
+    def tp_rank(self) -> int:
+        return getattr(getattr(self, "group", None), "rank_in_group", 0)
+
+    @property
+    def tp_size(self) -> int:
+        return getattr(getattr(self, "group", None), "world_size", 1)
+
+    def gather(self, obj) -> list:
+        """Collective: every TP rank's `obj`, in rank order, on every rank (SGLang's CPU group)."""
+        return [obj] if self.tp_size == 1 else self.group.all_gather_object(obj)
 
     def _attach(self, runner, tokenizer, model_path, verify_layout, max_total_tokens):
         self.runner, self.tokenizer = runner, tokenizer
@@ -223,8 +243,19 @@ class SGLangBackend(Backend):
         mr.token_to_kv_pool_allocator.clear()
         return results
 
-    def hf_state_dict(self) -> dict[str, torch.Tensor]:
-        return assemble_hf(self._pieces)
+    def hf_state_dict(self) -> dict[str, torch.Tensor] | None:
+        """Full HF tensors. Under TP > 1 collective: rank 0 gets every rank's shards, the others None."""
+        if self.tp_size == 1:
+            return assemble_hf(self._pieces)
+        import torch.distributed as dist
+
+        mine = [(p.hf_name, p.hf_shape, p.hf_start, p.view.detach().cpu()) for p in self._pieces]
+        every = [None] * self.tp_size if self.tp_rank == 0 else None
+        dist.gather_object(mine, every, dst=self.group.ranks[0], group=self.group.cpu_group)
+        if self.tp_rank != 0:
+            return None
+        pieces = [Piece(n, shape, view, start) for rank in every for n, shape, start, view in rank]
+        return assemble_hf(pieces, complete=True)
 
 
 def refuse_derived_caches(model) -> None:
@@ -239,12 +270,22 @@ def refuse_derived_caches(model) -> None:
                            f"leave stale: {reason}")
 
 
-def assemble_hf(pieces: list[Piece]) -> dict[str, torch.Tensor]:
-    """Full HF tensors from pieces (single-rank: every piece of a tensor is here)."""
+def assemble_hf(pieces: list[Piece], complete: bool = False) -> dict[str, torch.Tensor]:
+    """Full HF tensors from pieces (single-rank: every piece of a tensor is here). `complete`: check
+    that the pieces (every TP rank's) cover each tensor whole, so no element is silently left 0."""
     out: dict[str, torch.Tensor] = {}
+    seen: dict[str, torch.Tensor] = {}
     for p in pieces:
         t = out.get(p.hf_name)
         if t is None:
             t = out[p.hf_name] = torch.zeros(p.hf_shape, dtype=p.view.dtype)
+            if complete:
+                seen[p.hf_name] = torch.zeros(p.hf_shape, dtype=torch.bool)
         layout.piece_of(t, p).copy_(p.view.cpu())
+        if complete:
+            layout.piece_of(seen[p.hf_name], p).fill_(True)
+    holes = [n for n, m in seen.items() if not bool(m.all())]
+    if holes:
+        raise BackendError(f"the TP ranks' shards do not cover {holes[:5]}: the layout of a sharded "
+                           "parameter is not what layout.py expects")
     return out

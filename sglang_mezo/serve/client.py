@@ -31,6 +31,7 @@ class MezoClient:
                  admin_api_key: str | None = None):
         self.base, self.timeout = base_url.rstrip("/"), timeout
         self.api_key, self.admin_api_key = api_key, admin_api_key
+        self.bytes_sent = self.bytes_received = 0   # request/response bodies (data-parallel accounting)
 
     @staticmethod
     def _auth(key):
@@ -49,8 +50,11 @@ class MezoClient:
     def _post(self, path, body):
         import requests
 
-        return self._json(requests.post(self.base + path, json=body, timeout=self.timeout,
-                                        headers=self._auth(self.admin_api_key or self.api_key)))
+        r = requests.post(self.base + path, json=body, timeout=self.timeout,
+                          headers=self._auth(self.admin_api_key or self.api_key))
+        self.bytes_sent += len(r.request.body or b"")
+        self.bytes_received += len(r.content)
+        return self._json(r)
 
     def step(self, **body) -> dict:
         return self._post("/mezo/step", body)
@@ -64,6 +68,21 @@ class MezoClient:
     def save(self, path: str, overwrite: bool = False) -> dict:
         """`path`: a folder name under the server's --mezo-save-dir."""
         return self._post("/mezo/save", {"path": path, "overwrite": overwrite})
+
+    # data-parallel replica ops (replica_ops.py; driven by sglang_mezo.replicas)
+    def losses(self, seed: int, scales: list[float], **body) -> dict:
+        return self._post("/mezo/losses", {"seed": seed, "scales": scales, **body})
+
+    def apply(self, record: dict, checksum: bool = False) -> dict:
+        return self._post("/mezo/apply", {"record": record, "checksum": checksum})
+
+    def info(self) -> dict:
+        import requests
+
+        r = requests.get(self.base + "/mezo/info", timeout=self.timeout,
+                         headers=self._auth(self.admin_api_key or self.api_key))
+        self.bytes_received += len(r.content)
+        return self._json(r)
 
     def status(self) -> dict:
         import requests

@@ -2,7 +2,7 @@
 
 SGLang runs `register()` in every one of its processes, the spawned schedulers included, so the method
 is there when the HTTP server (or `Engine.collective_rpc`) asks for it. An RPC returns only success, so
-the result travels as a small JSON file that tp rank 0 writes atomically.
+the result travels as a small JSON file that TP rank 0 (alone) writes atomically.
 """
 from __future__ import annotations
 
@@ -30,7 +30,8 @@ def _get_trainer(sched):
         from .trainer import ServedTrainer
 
         runner = sched.tp_worker.model_runner
-        backend = SGLangBackend.attach(runner, sched.tokenizer, sched.server_args.model_path)
+        backend = SGLangBackend.attach(runner, sched.tokenizer, sched.server_args.model_path,
+                                       group=sched.tp_group)  # TP ranks gather through SGLang's own group
 
         def flush():
             if not sched.flush_cache(empty_cache=False):
@@ -50,7 +51,11 @@ def mezo_call(self, op: str, args_json: str, result_path: str) -> None:
     from .protocol import RequestError
 
     try:
-        out = {"status": 200, "result": _get_trainer(self).handle(op, json.loads(args_json))}
+        from . import replica_ops
+
+        trainer, args = _get_trainer(self), json.loads(args_json)
+        res = replica_ops.handle(trainer, op, args) if op in replica_ops.OPS else trainer.handle(op, args)
+        out = {"status": 200, "result": res}
     except RequestError as e:
         out = {"status": e.status, "result": {"error": str(e)}}
     except ArithmeticError as e:  # NaN objective: weights were restored, the request was at fault
@@ -59,7 +64,8 @@ def mezo_call(self, op: str, args_json: str, result_path: str) -> None:
         # the client gets the message; the traceback (internals, paths) stays in the server's log
         log.exception("MeZO %s failed", op)
         out = {"status": 500, "result": {"error": f"{op} failed: {type(e).__name__}: {e}"}}
-    if getattr(self, "tp_rank", 0) == 0:
+    # every TP rank runs the call; only rank 0 answers (the Scheduler keeps its rank in tp_group)
+    if self.tp_group.rank_in_group == 0:
         tmp = result_path + ".tmp"
         with open(tmp, "w", encoding="utf-8") as f:
             json.dump(out, f)

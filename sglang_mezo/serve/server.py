@@ -19,6 +19,7 @@ import uuid
 from .. import cpu_shims
 from .policy import ENV as POLICY_ENV
 from .policy import Policy, builtin_objectives
+from . import replica_ops
 from .protocol import RequestError, parse_rollback, parse_save, parse_step, parse_train
 
 log = logging.getLogger("sglang_mezo.serve")
@@ -168,6 +169,23 @@ def _add_routes(app) -> None:
     @route("/mezo/checksum", "get")  # admin: hashing every weight holds the scheduler for a while
     async def checksum(request):
         return await exclusive("status", {"checksum": True})
+
+    # data parallel (replica_ops.py): the coordinator's forward half, update half and pre-flight check
+    @route("/mezo/losses")
+    async def losses(request):
+        args = await body(request)
+        _check_policy(replica_ops.parse_losses(args)[2])
+        return await exclusive("losses", args)
+
+    @route("/mezo/apply")
+    async def apply(request):
+        args = await body(request)
+        replica_ops.parse_apply(args)
+        return await exclusive("apply", args)
+
+    @route("/mezo/info", "get")  # admin: hashes every weight, like /mezo/checksum
+    async def info(request):
+        return await exclusive("info", {})
 
     @route("/mezo/train")
     async def train(request):

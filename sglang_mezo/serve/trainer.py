@@ -148,12 +148,24 @@ class ServedTrainer:
         from .. import trajectory
         from ..export import save_model
 
-        out = self.policy.save_path(a.path, a.overwrite)  # over HTTP: inside --mezo-save-dir only
-        if out.exists() and not out.is_dir():
-            raise RequestError(f"'path' {a.path} exists and is not a directory")
-        out.mkdir(parents=True, exist_ok=True)
+        rank = getattr(self.backend, "tp_rank", 0)
+        out, err = None, None
+        if rank == 0:  # under TP only rank 0 checks and writes; the others send it their shards
+            try:
+                out = self.policy.save_path(a.path, a.overwrite)  # over HTTP: inside --mezo-save-dir only
+                if out.exists() and not out.is_dir():
+                    raise RequestError(f"'path' {a.path} exists and is not a directory")
+                out.mkdir(parents=True, exist_ok=True)
+            except RequestError as e:
+                err = (str(e), e.status)
+        err = self.backend.gather(err)[0] if hasattr(self.backend, "gather") else err
+        if err:  # every rank stops here, so none waits in the gather below
+            raise RequestError(*err)
         with self._exclusive():  # weights are never mid-perturbation here; exclusive keeps it so
-            save_model(self.backend.model_path, self.backend.hf_state_dict(), self.backend.dtype, out / "model")
+            state = self.backend.hf_state_dict()  # under TP: collective, full tensors on rank 0
+        if rank != 0:
+            return {}
+        save_model(self.backend.model_path, state, self.backend.dtype, out / "model")
         dtype = str(self.backend.dtype).removeprefix("torch.")
         trajectory.write(out / "trajectory.jsonl", trajectory.make_header(
             self.backend.model_path, dtype, self.pieces, "sglang-serve", self.perturb), self.records)
@@ -172,7 +184,9 @@ class ServedTrainer:
         for name, p in sorted(self.backend.model.named_parameters()):
             h.update(name.encode())
             h.update(p.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
-        return h.hexdigest()
+        digests = self.backend.gather(h.hexdigest()) if hasattr(self.backend, "gather") else [h.hexdigest()]
+        # under TP every rank hashes its shard; the answer covers them all, in rank order
+        return digests[0] if len(digests) == 1 else hashlib.sha256(" ".join(digests).encode()).hexdigest()
 
     def handle(self, op: str, args) -> dict:
         from . import protocol

@@ -1,0 +1,264 @@
+"""Data-parallel MeZO across `sglang-mezo serve` replicas: they exchange scalars, never weights.
+
+    for each step (seeds and batches drawn exactly as `train` draws them):
+        split the batch into one contiguous shard per replica (sizes differ by at most one)
+        every replica:  L±_i = objective on its shard at θ ± εz(s)         POST /mezo/losses
+        L± = Σ n_i·L±_i / Σ n_i                                            (exact for mean objectives)
+        record = mezo_step on the combined losses: g = (L+ − L−)/2ε        (mezo.py, Algorithm 1)
+        every replica:  replay_step(record): θ ← θ − η(g·z(s) + λθ)        POST /mezo/apply
+    every K steps (and the last) the replicas' weight checksums must agree; they go in the trajectory
+
+A replica that does not answer, answers late or diverges is named and the run stops cleanly: the
+trajectory holds every step all replicas applied. Combining by shard size is exact for objectives that
+are means over examples (ce, accuracy, lm); a user objective that is not a per-example mean combines
+only approximately. Transport: JSON over HTTP to the servers (serve/client.py), nothing else.
+"""
+from __future__ import annotations
+
+import json
+import math
+import random
+import statistics
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict
+from pathlib import Path
+
+from . import tasks
+from .mezo import mezo_step
+from .serve.client import MezoClient, MezoError
+from .trajectory import TrajectoryWriter
+
+# train options with no meaning here: the model, engine and weights are the replicas' own
+_FIXED = {"model": None, "backend": "sglang", "dtype": "float32", "trainable": None, "perturb": "layerwise",
+          "eval_every": 0, "keep": "best", "num_labels": None}
+
+
+class ReplicaError(ValueError):
+    """A replica is unreachable, late, inconsistent or diverged; the message names it (bad input to
+    `train --replicas` as much as a bad flag: the CLI prints it without a traceback)."""
+
+
+class Replica:
+    def __init__(self, index: int, url: str, timeout: float, admin_api_key: str | None):
+        self.index, self.url = index, url.rstrip("/")
+        self.client = MezoClient(self.url, timeout=timeout, admin_api_key=admin_api_key)
+
+    @property
+    def name(self) -> str:
+        return f"replica {self.index} ({self.url})"
+
+    def call(self, op: str, fn, *args, **kw):
+        import requests
+
+        try:
+            return fn(*args, **kw)
+        except requests.Timeout:
+            raise ReplicaError(f"{self.name} answered late: no reply to {op} within "
+                               f"{self.client.timeout:g} s") from None
+        except requests.ConnectionError:
+            raise ReplicaError(f"{self.name} does not answer {op}: connection refused or lost "
+                               "(is its server running?)") from None
+        except MezoError as e:
+            raise ReplicaError(f"{self.name}: {op} failed with {e}") from None
+
+
+def shards(n: int, k: int) -> list[tuple[int, int]]:
+    """k contiguous [start, end) ranges over n items, sizes differing by at most one."""
+    q, r = divmod(n, k)
+    out, s = [], 0
+    for i in range(k):
+        e = s + q + (1 if i < r else 0)
+        out.append((s, e))
+        s = e
+    return out
+
+
+def combine(losses: list[float], sizes: list[int]) -> float:
+    """The full batch's mean objective from per-shard means (a single replica's loss as it is)."""
+    if len(losses) == 1:
+        return losses[0]
+    return math.fsum(n * l for n, l in zip(sizes, losses)) / sum(sizes)
+
+
+class RemoteWeights:
+    """mezo_step's `weights` for a set of replicas: `losses` runs on every replica's shard and combines;
+    the update is sent afterwards as the whole step record (see `Coordinator.step`), so every replica
+    applies exactly what `replay` would."""
+
+    def __init__(self, coord: "Coordinator"):
+        self.coord = coord
+
+    def losses(self, seed: int, scales, loss) -> list[float]:
+        per = self.coord.each("losses", lambda r, ex: r.client.losses(seed, list(scales), examples=ex,
+                                                                        **self.coord.body))
+        n = [p["n"] for p in per]
+        return [combine([p["losses"][j] for p in per], n) for j in range(len(scales))]
+
+    def update(self, seed: int, coef: float, decay: float) -> None:
+        pass
+
+    def flush(self) -> None:
+        pass
+
+
+class Coordinator:
+    def __init__(self, urls: list[str], body: dict, timeout: float = 600, admin_api_key: str | None = None):
+        urls = [u.strip() for u in urls if u.strip()]
+        if not urls:
+            raise ValueError("--replicas needs at least one URL")
+        if len(set(u.rstrip("/") for u in urls)) != len(urls):
+            raise ValueError(f"--replicas lists a URL twice: {urls}")
+        self.replicas = [Replica(i, u, timeout, admin_api_key) for i, u in enumerate(urls)]
+        self.body = body              # objective, eps, chat_template: what each /mezo/losses carries
+        self.shard_examples: list[list[dict]] = []
+        self.pool = ThreadPoolExecutor(len(urls))
+
+    def each(self, op: str, fn) -> list:
+        """fn(replica, its shard) on every replica at once; the first failure (in replica order) raises."""
+        futs = [self.pool.submit(r.call, op, fn, r, ex) for r, ex in
+                zip(self.replicas, self.shard_examples or [None] * len(self.replicas))]
+        out, err = [], None
+        for f in futs:
+            try:
+                out.append(f.result())
+            except ReplicaError as e:
+                err = err or e
+        if err:
+            raise err
+        return out
+
+    def preflight(self, batch_size: int, first_batch: list[dict]) -> dict:
+        """Before any step: every replica answers, serves the same weights, layout and trajectory head,
+        and accepts the request (objective, examples). Returns replica 0's info."""
+        if batch_size < len(self.replicas):
+            r = self.replicas[batch_size]
+            raise ReplicaError(f"--batch-size {batch_size} is smaller than the number of replicas "
+                               f"({len(self.replicas)}): {r.name} would get no examples")
+        infos = self.each("/mezo/info", lambda r, _: r.client.info())
+        ref, r0 = infos[0], self.replicas[0]
+        for r, inf in zip(self.replicas, infos):
+            if inf["perturb"] != "layerwise":
+                raise ReplicaError(f"{r.name} perturbs {inf['perturb']!r}: data-parallel steps need the "
+                                   "exact layer-wise perturbation (unset SGLANG_MEZO_PERTURB there)")
+        for r, inf in zip(self.replicas[1:], infos[1:]):
+            if (inf["tp_size"], inf["dtype"]) != (ref["tp_size"], ref["dtype"]):
+                raise ReplicaError(f"{r.name} runs tp {inf['tp_size']} / {inf['dtype']}, {r0.name} tp "
+                                   f"{ref['tp_size']} / {ref['dtype']}: replicas must share one layout and dtype")
+            if inf["head"] != ref["head"]:
+                raise ReplicaError(f"{r.name} has a different trajectory head ({inf['steps']} steps, "
+                                   f"{inf['head'][:12]}) from {r0.name} ({ref['steps']} steps, "
+                                   f"{ref['head'][:12]}): roll it back or restart it")
+            if inf["weights_sha256"] != ref["weights_sha256"]:
+                a, b = inf["trajectory_header"]["base_model"], ref["trajectory_header"]["base_model"]
+                raise ReplicaError(f"{r.name} serves different weights from {r0.name} (model {a!r} vs "
+                                   f"{b!r}, sha256 {inf['weights_sha256'][:12]} vs "
+                                   f"{ref['weights_sha256'][:12]}): every replica must serve the same model")
+        self.set_batch(first_batch)
+        self.each("/mezo/losses", lambda r, ex: r.client.losses(0, [], examples=ex, **self.body))  # no forward
+        return ref
+
+    def set_batch(self, examples: list[dict]) -> None:
+        self.shard_examples = [examples[s:e] for s, e in shards(len(examples), len(self.replicas))]
+
+    def step(self, seeds: list[int], cfg, step: int, checksum: bool):
+        """One data-parallel step; returns the record (with shard sizes, and checksums when asked)."""
+        rec = mezo_step(RemoteWeights(self), lambda: None, seeds, cfg, step)
+        rec.extra = {"replicas": len(self.replicas), "shard_sizes": [len(s) for s in self.shard_examples]}
+        body = asdict(rec)
+        try:
+            res = self.each("/mezo/apply", lambda r, _: r.client.apply(body, checksum))
+        except ReplicaError as e:
+            raise ReplicaError(f"{e}; step {step} may be applied on the other replicas (roll them back "
+                               "one step before resuming)") from None
+        if checksum:
+            sums = [x["weights_sha256"] for x in res]
+            bad = [r for r, s in zip(self.replicas, sums) if s != sums[0]]
+            if bad:
+                raise ReplicaError(f"replicas diverged at step {step}: " + ", ".join(
+                    f"{r.name} weights sha256 {s[:12]}" for r, s in zip(self.replicas, sums)))
+            rec.extra["weights_sha256"] = sums[0]
+        return rec
+
+    def bytes(self) -> int:
+        return sum(r.client.bytes_sent + r.client.bytes_received for r in self.replicas)
+
+    def close(self) -> None:
+        self.pool.shutdown(wait=False)
+
+
+def _example_json(e) -> dict:
+    return {"prompt": e.prompt, "candidates": list(e.candidates), "label": int(e.label)}
+
+
+def train_replicas(cfg, urls: list[str], checksum_every: int = 10, timeout: float = 600,
+                   admin_api_key: str | None = None) -> dict:
+    """`sglang-mezo train --replicas URL,...`: the `train` job's MeZO loop, driven across replicas.
+
+    Writes DIR/config.json, DIR/trajectory.jsonl (replayable with `sglang-mezo replay --base MODEL`)
+    and DIR/metrics.jsonl; the trained weights live on the replicas (`/mezo/save` on any of them)."""
+    from .train import batches, check_out
+
+    given = {k: getattr(cfg, k) for k, default in _FIXED.items() if getattr(cfg, k) != default}
+    if given:
+        raise ValueError(f"--replicas: {sorted(given)} are the replicas' own (their model, engine and "
+                         "weights) or not supported across replicas; drop them")
+    spec = tasks.get_task(cfg.task)
+    if tasks.is_generation(spec):
+        raise ValueError(f"--replicas: {spec.name} is a generation task; data-parallel steps take "
+                         "classification tasks")
+    objective = cfg.objective or "ce"
+    mezo_cfg = cfg.mezo()
+    if cfg.steps < 0 or cfg.batch_size < 1 or checksum_every < 1:
+        raise ValueError("--steps must be >= 0, --batch-size and --checksum-every >= 1")
+    out = Path(cfg.out)
+    check_out(out, cfg.overwrite)
+    data = tasks.splits(spec, k_shot=cfg.k_shot, seed=cfg.seed, n_train=cfg.n_train, n_dev=cfg.n_dev,
+                        n_test=cfg.n_test, data_dir=cfg.data_dir)
+    train = data["train"]
+    order = batches(len(train), cfg.batch_size, cfg.seed)
+    seed_rng = random.Random(cfg.seed)
+    body = {"objective": objective, "eps": cfg.eps, "chat_template": cfg.chat_template}
+    coord = Coordinator(urls, body, timeout, admin_api_key)
+    try:
+        first = [_example_json(train[i]) for i in next(order)]
+        ref = coord.preflight(cfg.batch_size, first)
+        start = ref["steps"]
+        out.mkdir(parents=True, exist_ok=True)
+        resolved = {**{k: v for k, v in vars(cfg).items()}, "objective": objective, "replicas": urls,
+                    "checksum_every": checksum_every, "start_step": start}
+        (out / "config.json").write_text(json.dumps(resolved, indent=2))
+        header = {**ref["trajectory_header"], "replicas": [r.url for r in coord.replicas]}
+        traj = TrajectoryWriter(out / "trajectory.jsonl", header)
+        metrics = open(out / "metrics.jsonl", "w", encoding="utf-8")
+        times, sizes, done, last = [], [], 0, None
+        try:
+            batch = first
+            for i in range(1, cfg.steps + 1):
+                if i > 1:
+                    batch = [_example_json(train[j]) for j in next(order)]
+                coord.set_batch(batch)
+                seeds = [seed_rng.getrandbits(32) for _ in range(cfg.n_queries)]
+                b0, t0 = coord.bytes(), time.perf_counter()
+                last = coord.step(seeds, mezo_cfg, start + i, checksum=i % checksum_every == 0 or i == cfg.steps)
+                dt, nb = time.perf_counter() - t0, coord.bytes() - b0
+                traj.append(last)
+                times.append(dt)
+                sizes.append(nb)
+                done = i
+                metrics.write(json.dumps({"step": last.step, "loss": last.loss, "grad": last.grads,
+                                          "time_s": dt, "bytes": nb, **last.extra}) + "\n")
+                metrics.flush()
+        except ReplicaError as e:
+            raise ReplicaError(f"{e}. Stopped: {out / 'trajectory.jsonl'} holds the {done} steps every "
+                               "replica applied") from None
+        finally:
+            traj.close()
+            metrics.close()
+    finally:
+        coord.close()
+    return {"steps": done, "out": str(out), "replicas": [r.url for r in coord.replicas],
+            "final_loss": last.loss if last else None,
+            "weights_sha256": last.extra.get("weights_sha256") if last else ref["weights_sha256"],
+            "s_per_step_median": statistics.median(times) if times else None,
+            "bytes_per_step_median": statistics.median(sizes) if sizes else None}

@@ -43,3 +43,18 @@ def test_fusion_order_in_sglang_source_matches_layout():
             if part not in found.setdefault(fused, []):
                 found[fused].append(part)
         assert found == DEFAULT_PACKED, (cls.__name__, found)
+
+
+def test_tp_internals_used_by_layout_and_the_plugin():
+    """Under TP, layout.py reads each layer's group (`tp_group`, QKV's `kv_tp_group`); the plugin reads
+    the scheduler's `tp_group` (rank 0 answers) and gathers over its CPU group."""
+    from sglang.srt.distributed.parallel_state import GroupCoordinator
+    from sglang.srt.layers import linear
+    from sglang.srt.managers.scheduler import Scheduler
+
+    src = inspect.getsource(linear)
+    assert "self.tp_group = tp_group" in src and "self.kv_tp_group = kv_tp_group" in src
+    assert "self.num_kv_head_replicas" in src
+    assert "self.tp_group = get_parallel().tp_group" in inspect.getsource(Scheduler)
+    for name in ("rank_in_group", "world_size", "ranks", "cpu_group", "all_gather_object"):
+        assert name in inspect.getsource(GroupCoordinator), name

@@ -1,0 +1,96 @@
+"""Tensor parallelism for real: a `sglang-mezo serve --tp 2` (tiny Llama, 2 CPU ranks) steps, saves and
+replays like TP = 1. The TP = 1 reference is this process's in-process SGLang runner on the same model."""
+import pytest
+import requests
+import torch
+from safetensors.torch import load_file
+
+from conftest import cli
+from serve_helpers import running_server
+
+EX = [{"prompt": "the movie was good It was", "candidates": [" terrible", " great"], "label": 1},
+      {"prompt": "boring plot and bad acting It was", "candidates": [" terrible", " great"], "label": 0},
+      {"prompt": "a wonderful story It was", "candidates": [" terrible", " great"], "label": 1},
+      {"prompt": "awful film It was", "candidates": [" terrible", " great"], "label": 0}]
+STEP = {"examples": EX, "lr": 1e-3, "eps": 1e-2, "seed": 5}
+
+
+@pytest.fixture(scope="module")
+def save_dir(tmp_path_factory):
+    return tmp_path_factory.mktemp("tp_saves")
+
+
+@pytest.fixture(scope="module")
+def tp2(tiny_model, save_dir, tmp_path_factory):
+    # one OpenMP thread per rank, rank i on core i: without the binding SGLang refuses more ranks
+    # than NUMA nodes on CPU
+    with running_server(tiny_model, tmp_path_factory.mktemp("tp2") / "server.log", "--tp", "2",
+                        "--mezo-save-dir", str(save_dir), env={"SGLANG_CPU_OMP_THREADS_BIND": "0|1"},
+                        start_timeout=600) as url:
+        yield url
+
+
+def _post(url, path, body, expect=200):
+    r = requests.post(url + path, json=body, timeout=300)
+    assert r.status_code == expect, (path, r.status_code, r.text)
+    return r.json()
+
+
+def test_tp2_step_save_replay_match_tp1(tp2, tiny_model, sglang_backend, save_dir, tmp_path):
+    from sglang_mezo import objectives, tasks
+    from sglang_mezo.mezo import replay_step
+    from sglang_mezo.trajectory import read
+
+    res = [_post(tp2, "/mezo/step", {**STEP, "objective": obj}) for obj in ("ce", "lm", "ce")]
+    assert [r["step"] for r in res] == [1, 2, 3]
+    assert _post(tp2, "/mezo/save", {"path": "tp2"}) == {"path": "tp2", "steps": 3}
+    saved = load_file(str(save_dir / "tp2/model/model.safetensors"))
+    base = load_file(f"{tiny_model}/model.safetensors")
+    # every rank's shard arrived: (nearly) every element moved; a missing shard would be a block left at
+    # the base value (a handful may round back to it)
+    for k in base:
+        assert (saved[k] == base[k]).float().mean().item() < 0.01, k
+
+    # the trajectory replays (whole HF tensors: the TP = 1 arithmetic) to the saved weights, bit for bit
+    cli("replay", "--trajectory", str(save_dir / "tp2/trajectory.jsonl"), "--out", str(tmp_path / "rep"))
+    rep = load_file(str(tmp_path / "rep/model.safetensors"))
+    assert all(torch.equal(saved[k], rep[k]) for k in saved)
+
+    # TP = 1 (in-process runner): the same seeds give the same losses; replaying gives the same weights
+    _, records = read(save_dir / "tp2/trajectory.jsonl")
+    b = sglang_backend
+    exs = [tasks.Example(e["prompt"], e["candidates"], e["label"]) for e in EX]
+    enc = objectives.encode(exs, b.tokenizer, True)
+    weights = b.weights(b.pieces, "layerwise")
+    redo = b.weights(b.pieces, "layerwise", replay=True)
+    try:
+        for rec, obj in zip(records, ("ce", "lm", "ce")):
+            f = objectives.get_objective(obj)
+            lp, lm = weights.losses(rec.seeds[0], [rec.eps, -rec.eps],
+                                    lambda: f(objectives.run_batch(b, exs, enc)))
+            assert lp == pytest.approx(rec.loss_plus[0], rel=1e-5)
+            assert lm == pytest.approx(rec.loss_minus[0], rel=1e-5)
+            replay_step(redo, rec)
+        tp1 = b.hf_state_dict()
+        assert all(torch.equal(saved[k], tp1[k]) for k in saved)
+    finally:
+        b.load_base()  # the session's runner goes back to the base weights for other tests
+
+
+def test_tp2_bad_save_is_refused_on_every_rank_and_serving_continues(tp2):
+    _post(tp2, "/mezo/save", {"path": "twice"})
+    r = requests.post(tp2 + "/mezo/save", json={"path": "twice"}, timeout=120)
+    assert r.status_code == 409 and "already exists" in r.json()["error"]
+    # no rank is left waiting in the gather: the next calls work
+    assert _post(tp2, "/mezo/save", {"path": "twice", "overwrite": True})["path"] == "twice"
+    out = _post(tp2, "/generate", {"text": "It was", "sampling_params": {"max_new_tokens": 3}})
+    assert out["meta_info"]["completion_tokens"] >= 1
+    assert len(requests.get(tp2 + "/mezo/checksum", timeout=120).json()["weights_sha256"]) == 64
+
+
+def test_in_process_runner_points_to_serve_for_tp(tiny_model):
+    from sglang_mezo.backends import BackendError
+    from sglang_mezo.backends.sglang_runner import SGLangBackend
+
+    with pytest.raises(BackendError, match="sglang-mezo serve --tp 2"):
+        SGLangBackend(tiny_model, tp_size=2)

@@ -62,14 +62,25 @@ class EngineOutputs:
     batch: EncodedBatch
 
 
+def _score(backend: Backend, requests: Sequence[ScoreRequest]):
+    """backend.score, after checking every request fits the model's context (an engine would fail
+    mid-batch with a tensor-size error instead of naming the example)."""
+    limit = getattr(backend, "context_len", None)
+    for r in requests if limit else ():
+        if len(r.ids) > limit:
+            raise TaskError(f"a prompt of {len(r.ids)} tokens is longer than the model's context of {limit} "
+                            f"tokens: {backend.tokenizer.decode(r.ids[:12])!r}...")
+    return backend.score(requests)
+
+
 def run_batch(backend: Backend, examples: Sequence[Example], batch: EncodedBatch) -> EngineOutputs:
-    res = backend.score(batch.requests)
+    res = _score(backend, batch.requests)
     return EngineOutputs(examples, batch.labels, _scores(res, batch), res, batch)
 
 
 def candidate_scores(backend: Backend, batch: EncodedBatch) -> torch.Tensor:
     """[B, C] log-likelihood of each candidate (−inf where an example has fewer candidates)."""
-    return _scores(backend.score(batch.requests), batch)
+    return _scores(_score(backend, batch.requests), batch)
 
 
 def _scores(res, batch: EncodedBatch) -> torch.Tensor:

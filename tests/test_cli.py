@@ -108,6 +108,12 @@ def test_label_word_not_one_token(tiny_model, tmp_path):
            match="single tokens")
 
 
+def test_prompt_longer_than_context_is_named(tiny_model):
+    # RTE passages exceed the tiny model's 512 positions: a clear error, not an engine tensor-size crash
+    _fails("eval", "--model", tiny_model, "--task", "rte", "--limit", "12",
+           match="longer than the model's context of 512 tokens")
+
+
 def test_existing_output_is_not_clobbered(tiny_model, tmp_path):
     out = tmp_path / "o"
     out.mkdir()

@@ -61,7 +61,9 @@ def engine_pieces(model: torch.nn.Module, hf_shapes: dict[str, tuple[int, ...]],
             continue
         module = model.get_submodule(name.rsplit(".", 1)[0]) if "." in name else model
         if name in hf_shapes:
-            pieces.append(_one_to_one(name, hf_shapes[name], param, module))
+            piece = _one_to_one(name, hf_shapes[name], param, module)
+            if piece is not None:  # None: this rank holds only padding of it
+                pieces.append(piece)
             continue
         fused = next((k for k in packed if f".{k}." in f".{name}"), None)
         if fused is None:
@@ -98,6 +100,12 @@ def _one_to_one(name, shape, param, module) -> Piece:
         d = getattr(param, attr, None)
         if d is not None and tp_size > 1 and param.shape[d] != shape[d]:
             start[d] = tp_rank * param.shape[d]
+            # on CPU SGLang pads attention heads to a multiple of tp (e.g. 9 -> 12): a rank's shard is
+            # its real HF columns/rows first, then zeros that are never trained
+            real = max(0, min(param.shape[d], shape[d] - start[d]))
+            if real == 0:
+                return None
+            view = view.narrow(d, 0, real)
     if any(s + n > full for s, n, full in zip(start, view.shape, shape)):
         raise BackendError(f"{name}: engine shape {tuple(param.shape)} does not fit checkpoint {shape}")
     return Piece(name, shape, view, tuple(start))
@@ -107,16 +115,22 @@ def _fused(parts, hf_shapes, param, module) -> list[Piece]:
     tp_rank, tp_size = _rank_size(module)
     kv_rank, kv_size = _rank_size(module, "kv_tp_group") if hasattr(module, "kv_tp_group") else (tp_rank, tp_size)
     replicas = getattr(module, "num_kv_head_replicas", 1)
+    # rows each part holds on this rank; SGLang's own figure, which includes CPU head padding
+    local = getattr(module, "output_partition_sizes", None)
     out, row = [], 0
     for i, hf in enumerate(parts):
         shape = hf_shapes[hf]
         if i > 0 and hasattr(module, "num_kv_head_replicas"):  # QKV's k/v: own group, maybe replicated
             n = shape[0] * replicas // kv_size   # heads replicated across ranks when tp > num_kv_heads
+            if local is not None and len(local) == len(parts):
+                n = local[i]
             start = (kv_rank // replicas) * n
         else:
-            n = shape[0] // tp_size
+            n = local[i] if local is not None and len(local) == len(parts) else shape[0] // tp_size
             start = tp_rank * n
-        out.append(Piece(hf, shape, param.data[row: row + n], (start,) + (0,) * (len(shape) - 1)))
+        real = max(0, min(n, shape[0] - start))  # padded heads (zeros, never trained) follow the real rows
+        if real:
+            out.append(Piece(hf, shape, param.data[row: row + real], (start,) + (0,) * (len(shape) - 1)))
         row += n
     if row != param.shape[0]:
         raise BackendError(f"fused parameter holds {param.shape[0]} rows but {parts} give {row}")

@@ -21,7 +21,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
 RUNS = ROOT / "runs"
-COMMON = ["--task", "squad", "--k-shot", "0", "--n-train", "1000", "--n-dev", "50", "--n-test", "100",
+COMMON = ["--task", "squad", "--k-shot", "0", "--n-train", "1000", "--n-dev", "50", "--n-test", "20",
           "--seed", "42", "--batch-size", "8", "--perturb", "inplace", "--eval-batch-size", "25"]
 OBJECTIVES = {"lm": ["--objective", "lm", "--lr", "1e-5", "--eps", "1e-3"],
               "f1": ["--objective", "f1", "--lr", "1e-4", "--eps", "1e-2"]}
@@ -51,10 +51,13 @@ def cached(path: Path, fn):
 
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("--steps", type=int, default=50)
+    ap.add_argument("--steps", type=int, default=30)
     ap.add_argument("--eval-every", type=int, default=10)
     ap.add_argument("--n-test", type=int, default=1000)
     ap.add_argument("--jobs", type=int, default=2, help="runs at a time (each 1 thread)")
+    ap.add_argument("--only", default=None, help="comma list of lm,f1,zero_shot (the table needs all three)")
+    ap.add_argument("--stop-at", type=int, default=None,
+                    help="runs stopped early: evaluate each trajectory replayed up to this step")
     args = ap.parse_args()
     env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
     exe = [sys.executable, "-m", "sglang_mezo"]
@@ -64,13 +67,22 @@ def main():
 
     def train(name):
         out = work / name
+        if args.stop_at:  # the run was stopped after S steps: its model is the trajectory replayed to S
+            steps = len((out / "trajectory.jsonl").read_text().splitlines()) - 1
+            if steps < args.stop_at:
+                sys.exit(f"{out}: {steps} steps recorded, --stop-at {args.stop_at}")
+            return cached(work / f"{name}.replay.json", lambda: {**run(
+                exe + ["replay", "--trajectory", str(out / "trajectory.jsonl"), "--upto", str(args.stop_at),
+                       "--out", str(out / f"model_step{args.stop_at}")], env, work / f"{name}.replay.log"),
+                "best_step": args.stop_at})
         return cached(work / f"{name}.train.json", lambda: run(
             exe + ["train", *COMMON, *OBJECTIVES[name], "--steps", str(args.steps), "--eval-every",
                    str(args.eval_every), "--out", str(out), "--overwrite", "--progress-off"], env,
             work / f"{name}.train.log"))
 
     def test(name):
-        model = [] if name == "zero_shot" else ["--model", str(work / name / "model")]
+        folder = f"model_step{args.stop_at}" if args.stop_at else "model"
+        model = [] if name == "zero_shot" else ["--model", str(work / name / folder)]
         return cached(work / f"{name}.test.json", lambda: run(
             exe + ["eval", "--task", "squad", "--split", "test", "--limit", str(args.n_test), "--seed", "42",
                    "--batch-size", "25", *model], env, work / f"{name}.test.log"))
@@ -80,13 +92,16 @@ def main():
             return {"test": test(name)}
         return {"train": train(name), "test": test(name)}
 
+    names = args.only.split(",") if args.only else ["lm", "f1", "zero_shot"]
     with ThreadPoolExecutor(args.jobs) as pool:
-        res = dict(zip(["lm", "f1", "zero_shot"], pool.map(pipeline, ["lm", "f1", "zero_shot"])))
-    report(res, args, work)
+        dict(zip(names, pool.map(pipeline, names)))
+    if all((work / f"{n}.test.json").exists() for n in ("lm", "f1", "zero_shot")):
+        report({n: pipeline(n) for n in ("lm", "f1", "zero_shot")}, args, work)  # all cached by now
 
 
-def curves(out: Path) -> dict:
+def curves(out: Path, upto: int | None) -> dict:
     metrics = [json.loads(l) for l in (out / "metrics.jsonl").read_text().splitlines()]
+    metrics = [m for m in metrics if upto is None or m["step"] <= upto]
     steps = [m for m in metrics if "time_s" in m]
     return {"step": [m["step"] for m in steps], "reward": [m.get("reward") for m in steps],
             "lm_loss": [m.get("lm_loss") for m in steps],
@@ -101,7 +116,8 @@ def report(res: dict, args, work: Path) -> None:
     doc = {"task": "squad", "model": "SmolLM2-135M-Instruct (embedded), fp32", "commit": commit,
            "machine": {"platform": platform.platform(), "cpus": os.cpu_count(),
                        "threads_per_run": os.environ.get("OMP_NUM_THREADS", "1"), "jobs": args.jobs},
-           "protocol": {"train": 1000, "dev": 50, "test": args.n_test, "steps": args.steps, "batch": 8,
+           "protocol": {"train": 1000, "dev": 50, "test": args.n_test, "steps": args.stop_at or args.steps,
+                        "stopped_early": bool(args.stop_at), "batch": 8,
                         "greedy": True, "max_new_tokens": 16, "stop": "\\n", "perturb": "inplace",
                         "forward_passes_per_step": 2},
            "runs": {}}
@@ -109,21 +125,23 @@ def report(res: dict, args, work: Path) -> None:
         row = {"test_em": r["test"]["em"], "test_f1": r["test"]["f1"], "test_n": r["test"]["n"],
                "eval_command": r["test"]["command"], "eval_wall_s": r["test"]["wall_s"]}
         if "train" in r:
-            c = curves(work / name)
-            row.update(train_command=r["train"]["command"], best_step=r["train"]["best_step"],
-                       train_wall_s=r["train"]["wall_s"], **c)
+            c = curves(work / name, args.stop_at)
+            cfg = json.loads((work / name / "config.json").read_text())
+            row.update(command=r["train"]["command"], best_step=r["train"]["best_step"],
+                       config={k: cfg[k] for k in ("objective", "lr", "eps", "batch_size", "perturb", "steps",
+                                                   "seed", "split_sizes", "generation")}, **c)
         doc["runs"][name] = row
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "generation.json").write_text(json.dumps(doc, indent=1))
     z = doc["runs"]["zero_shot"]
     lines = [f"SQuAD v1.1, embedded SmolLM2-135M fp32, greedy (≤16 new tokens, stop at newline); test = "
              f"{z['test_n']} questions of the official dev set (seed 42). Commit {commit[:10]}.", "",
-             "| run | objective | steps × batch | test EM | test F1 | best dev step | s/step (median) |",
+             "| run | objective | steps × batch | test EM | test F1 | model step | s/step (median) |",
              "|---|---|---|---|---|---|---|",
              f"| zero-shot | — | — | {100 * z['test_em']:.1f} | {100 * z['test_f1']:.1f} | — | — |"]
     for name in ("lm", "f1"):
         r = doc["runs"][name]
-        lines.append(f"| MeZO | `{name}` | {args.steps} × 8 | {100 * r['test_em']:.1f} | {100 * r['test_f1']:.1f} "
+        lines.append(f"| MeZO | `{name}` | {args.stop_at or args.steps} × 8 | {100 * r['test_em']:.1f} | {100 * r['test_f1']:.1f} "
                      f"| {r['best_step']} | {r['median_step_s']:.1f} |")
     (RESULTS / "generation.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))

@@ -28,12 +28,14 @@ EXPECTED = {
 VERBALISERS = {"sst2": [" terrible", " great"], "rte": ["Yes", "No"], "cb": ["Yes", "No", "Maybe"],
                "boolq": ["Yes", "No"], "wsc": ["No", "Yes"], "wic": ["No", "Yes"], "multirc": ["No", "Yes"],
                "mnli": ["Yes", "No", "Maybe"], "snli": ["Yes", "No", "Maybe"]}
+CLASSIFICATION = {n: t for n, t in tasks.TASKS.items() if not tasks.is_generation(t)}
 # few-shot tasks whose 32-example train file cannot give 16 per class (MeZO's RoBERTa k)
 SMALL = {"cb", "boolq", "wic", "copa"}
 
 
 def test_registry():
-    assert set(tasks.TASKS) == set(EXPECTED) and tasks.SST2 is tasks.TASKS["sst2"]
+    assert set(CLASSIFICATION) == set(EXPECTED) and tasks.SST2 is tasks.TASKS["sst2"]
+    assert set(tasks.TASKS) - set(CLASSIFICATION) == {"squad", "gsm8k", "nq_open"}  # tests/test_generation.py
     assert get_task("RTE") is tasks.RTE
 
 
@@ -55,7 +57,7 @@ def test_real_splits(name):
 
 
 def test_test_split_is_labeled_validation_not_unlabeled_test(tmp_path):
-    for spec in tasks.TASKS.values():
+    for spec in CLASSIFICATION.values():
         assert not spec.files["test"].endswith("/test.jsonl"), spec.name
     # an unlabeled file (as SuperGLUE's test.jsonl) is refused, never scored against a guessed label
     (tmp_path / "test.jsonl").write_text('{"premise": "a", "hypothesis": "b", "idx": 0}\n')
@@ -270,7 +272,7 @@ def test_label_words_are_single_tokens_for_a_real_bpe_tokenizer(embedded_model):
     from sglang_mezo.objectives import encode
 
     tok = AutoTokenizer.from_pretrained(embedded_model)
-    for name, spec in tasks.TASKS.items():
+    for name, spec in CLASSIFICATION.items():
         if spec.single_token_labels:
             ex = load_split(spec, "test")[:2]
             assert encode(ex, tok, True).requests[0].next_ids, name

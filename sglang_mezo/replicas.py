@@ -201,8 +201,9 @@ def train_replicas(cfg, urls: list[str], checksum_every: int = 10, timeout: floa
 
     given = {k: getattr(cfg, k) for k, default in _FIXED.items() if getattr(cfg, k) != default}
     if given:
-        raise ValueError(f"--replicas: {sorted(given)} are the replicas' own (their model, engine and "
-                         "weights) or not supported across replicas; drop them")
+        flags = ", ".join("--" + k.replace("_", "-") for k in sorted(given))
+        raise ValueError(f"--replicas does not take {flags}: the model, engine, dtype and trained weights "
+                         "are the replicas' own; evaluate a saved model with `sglang-mezo eval`")
     spec = tasks.get_task(cfg.task)
     if tasks.is_generation(spec):
         raise ValueError(f"--replicas: {spec.name} is a generation task; data-parallel steps take "
@@ -225,7 +226,7 @@ def train_replicas(cfg, urls: list[str], checksum_every: int = 10, timeout: floa
         ref = coord.preflight(cfg.batch_size, first)
         start = ref["steps"]
         out.mkdir(parents=True, exist_ok=True)
-        resolved = {**{k: v for k, v in vars(cfg).items()}, "objective": objective, "replicas": urls,
+        resolved = {**vars(cfg), "objective": objective, "replicas": urls,
                     "checksum_every": checksum_every, "start_step": start}
         (out / "config.json").write_text(json.dumps(resolved, indent=2))
         header = {**ref["trajectory_header"], "replicas": [r.url for r in coord.replicas]}

@@ -94,3 +94,15 @@ def test_in_process_runner_points_to_serve_for_tp(tiny_model):
 
     with pytest.raises(BackendError, match="sglang-mezo serve --tp 2"):
         SGLangBackend(tiny_model, tp_size=2)
+
+
+def test_engine_with_tp2_steps_and_saves(tiny_model, tmp_path):
+    """The same plugin under sglang.Engine(tp_size=2) driven by EngineTrainer (collective_rpc)."""
+    from conftest import last_json, run_py
+
+    res = last_json(run_py(["tests/engine_tp_check.py", tiny_model, str(tmp_path / "eng")]).stdout)
+    assert res["steps"] == [1, 2] and res["saved"]["steps"] == 2
+    cli("replay", "--trajectory", str(tmp_path / "eng/trajectory.jsonl"), "--out", str(tmp_path / "rep"))
+    saved, rep = load_file(str(tmp_path / "eng/model/model.safetensors")), load_file(str(tmp_path / "rep/model.safetensors"))
+    base = load_file(f"{tiny_model}/model.safetensors")
+    assert all(torch.equal(saved[k], rep[k]) and not torch.equal(saved[k], base[k]) for k in saved)

@@ -125,6 +125,16 @@ def test_two_replicas_match_one_replica_and_stay_identical(replicas, save_dir, t
     _client(a).rollback(4)
 
 
+def test_replica_serving_another_model_is_named(replicas, tiny_tied_model, tmp_path):
+    from sglang_mezo.replicas import ReplicaError
+
+    a, _ = replicas
+    with running_server(tiny_tied_model, tmp_path / "other.log", *KEYS, start_timeout=600) as other:
+        with pytest.raises(ReplicaError, match=rf"replica 1 \({other}\) serves different weights from replica 0"):
+            _run([a, other], tmp_path / "other", steps=1)
+    assert not (tmp_path / "other").exists()
+
+
 def test_killed_replica_is_detected_and_named(replicas, tmp_path):
     from sglang_mezo.replicas import ReplicaError
 

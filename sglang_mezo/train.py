@@ -19,9 +19,9 @@ from . import objectives, tasks
 from .backends import BACKENDS, BackendError, make_backend, select_trainable
 from .backends.base import hf_dtype
 from .export import save_model
-from .mezo import MeZOConfig, mezo_step, replay_step
+from .mezo import MeZOConfig, mezo_step
 from .models import is_encoder_model, resolve_model
-from .trajectory import TrajectoryWriter, make_header
+from .trajectory import TrajectoryWriter, make_header, rewind
 
 
 class OutputError(ValueError):
@@ -185,13 +185,8 @@ def train(cfg: TrainConfig) -> dict:
         final_dev = dev_eval(cfg.steps) if cfg.steps else {"accuracy": best["accuracy"]}
         if cfg.keep == "last":
             best.update(step=cfg.steps, accuracy=final_dev["accuracy"])
-        if best["step"] != cfg.steps:
-            # Keep the best dev step (MeZO's load_best_model_at_end) without a second copy of the
-            # weights: base weights back in place, then replay the trajectory up to that step.
-            backend.load_base()
-            redo = backend.weights(pieces, cfg.perturb, replay=True)
-            for rec in records[: best["step"]]:
-                replay_step(redo, rec)
+        if best["step"] != cfg.steps:  # keep the best dev step (MeZO's load_best_model_at_end)
+            rewind(backend, pieces, cfg.perturb, records[: best["step"]])
         test = evaluate("test")
         log({"step": best["step"], "split": "test", "best_step": best["step"], **test})
     finally:

@@ -16,10 +16,10 @@ from . import tasks
 from .backends import BACKENDS, BackendError, make_backend, select_trainable
 from .backends.base import hf_dtype
 from .export import save_model
-from .mezo import mezo_step, replay_step
+from .mezo import mezo_step
 from .models import resolve_encoder
 from .train import TrainConfig, batches, check_out, plot_curves
-from .trajectory import TrajectoryWriter, make_header
+from .trajectory import TrajectoryWriter, make_header, rewind
 
 
 def n_classes(spec) -> int:
@@ -108,11 +108,8 @@ def train_encoder(cfg: TrainConfig) -> dict:
         final_dev = dev_eval(cfg.steps) if cfg.steps else {"accuracy": best["accuracy"]}
         if cfg.keep == "last":
             best.update(step=cfg.steps, accuracy=final_dev["accuracy"])
-        if best["step"] != cfg.steps:  # best dev step: base weights back in place, replay up to it
-            backend.load_base()
-            redo = backend.weights(pieces, cfg.perturb, replay=True)
-            for rec in records[: best["step"]]:
-                replay_step(redo, rec)
+        if best["step"] != cfg.steps:  # keep the best dev step
+            rewind(backend, pieces, cfg.perturb, records[: best["step"]])
         test = evaluate("test")
         log({"step": best["step"], "split": "test", "best_step": best["step"], **test})
     finally:

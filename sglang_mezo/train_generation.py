@@ -18,10 +18,10 @@ from . import rewards, tasks
 from .backends import BACKENDS, BackendError, make_backend, select_trainable
 from .backends.base import hf_dtype
 from .export import save_model
-from .mezo import mezo_step, replay_step
+from .mezo import mezo_step
 from .models import resolve_model
 from .train import TrainConfig, batches, check_out
-from .trajectory import TrajectoryWriter, make_header
+from .trajectory import TrajectoryWriter, make_header, rewind
 
 
 def sample_seed(seed: int, step: int) -> int:
@@ -130,11 +130,8 @@ def train_generation(cfg: TrainConfig) -> dict:
         final_dev = dev_eval(cfg.steps) if cfg.steps else {key: best["value"]}
         if cfg.keep == "last":
             best.update(step=cfg.steps, value=final_dev[key])
-        if best["step"] != cfg.steps:  # best dev step: base weights back, replay up to it (as train.py)
-            backend.load_base()
-            redo = backend.weights(pieces, cfg.perturb, replay=True)
-            for rec in records[: best["step"]]:
-                replay_step(redo, rec)
+        if best["step"] != cfg.steps:  # keep the best dev step
+            rewind(backend, pieces, cfg.perturb, records[: best["step"]])
         test = evaluate("test")
         log({"step": best["step"], "split": "test", "best_step": best["step"], **test})
     finally:

@@ -94,6 +94,15 @@ def checkpoint_pieces(model_path: str, names: list[str], dtype: torch.dtype) -> 
     return [pieces[n] for n in names]
 
 
+def rewind(backend, pieces: list[Piece], perturb: str, records) -> None:
+    """The engine's weights at the end of `records`, without a second copy of the model: the base
+    weights back in place, then the records replayed (best dev step, rollback)."""
+    backend.load_base()
+    redo = backend.weights(pieces, perturb, replay=True)
+    for rec in records:
+        replay_step(redo, rec)
+
+
 def replay(base_model: str, trajectory: str | Path, upto: int | None = None) -> dict[str, torch.Tensor]:
     """Weights after replaying the trajectory on the base model (HF names, the run's dtype)."""
     from .backends.base import hf_dtype

@@ -18,7 +18,8 @@ import torch
 
 from .. import objectives, tasks
 from ..backends.base import select_trainable
-from ..mezo import MeZOConfig, StepRecord, mezo_step, replay_step
+from ..mezo import MeZOConfig, StepRecord, mezo_step
+from ..trajectory import rewind
 from .policy import Policy
 from .protocol import RequestError, SaveArgs, StepArgs
 
@@ -137,10 +138,7 @@ class ServedTrainer:
             raise RequestError(f"cannot roll back {k} steps: only {len(self.records)} taken", 409)
         keep = self.records[: len(self.records) - k]
         with self._exclusive():
-            self.backend.load_base()
-            redo = self.backend.weights(self.pieces, self.perturb, replay=True)
-            for rec in keep:
-                replay_step(redo, rec)
+            rewind(self.backend, self.pieces, self.perturb, keep)
         self.records = keep
         return {"steps": len(keep), "rolled_back": k}
 

@@ -67,7 +67,9 @@ def main(argv: list[str] | None = None) -> int:
         return serve(argv[1:])
     ap = argparse.ArgumentParser(prog="sglang-mezo", description="MeZO fine-tuning inside SGLang")
     sub = ap.add_subparsers(dest="cmd", required=True)
-    sub.add_parser("serve", help="SGLang server (sglang.launch_server flags) with /mezo/* training routes")
+    sub.add_parser("serve", help="SGLang server (sglang.launch_server flags) with /mezo/* training routes; "
+                   "operator flags --mezo-objective NAME=module:function, --mezo-task-dir, --mezo-save-dir "
+                   "(README: Security)")
     _train_args(sub.add_parser("train", help="fine-tune with MeZO"))
     e = sub.add_parser("eval", help="accuracy of a model on a task split (one JSON line)")
     e.add_argument("--model", default=None)

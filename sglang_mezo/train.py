@@ -79,6 +79,38 @@ def check_out(out: Path, overwrite: bool | None) -> None:
         raise OutputError(f"--out {out} is not empty; choose a new directory{hint}")
 
 
+def check_run(cfg: TrainConfig) -> None:
+    """The checks every training job (classification, generation, encoder) makes before writing."""
+    if cfg.steps < 0 or cfg.batch_size < 1:
+        raise ValueError("--steps must be >= 0 and --batch-size >= 1")
+    if cfg.backend not in BACKENDS:
+        raise BackendError(f"unknown backend {cfg.backend!r}: choose one of {BACKENDS}")
+    if cfg.keep not in ("best", "last"):
+        raise ValueError(f"--keep must be 'best' or 'last', got {cfg.keep!r}")
+
+
+class RunFiles:
+    """DIR/config.json (the resolved configuration, written at once), DIR/trajectory.jsonl and
+    DIR/metrics.jsonl (appended and flushed every step) of one training job."""
+
+    def __init__(self, out: Path, cfg: TrainConfig, model_path: str, pieces, data: dict, **extra):
+        out.mkdir(parents=True, exist_ok=True)
+        resolved = {**asdict(cfg), "model": model_path, "n_trainable": sum(p.view.numel() for p in pieces),
+                    "split_sizes": {k: len(v) for k, v in data.items()}, **extra}
+        (out / "config.json").write_text(json.dumps(resolved, indent=2))
+        self.traj = TrajectoryWriter(out / "trajectory.jsonl", make_header(
+            model_path, cfg.dtype, pieces, cfg.backend, cfg.perturb, cfg.trainable))
+        self._metrics = open(out / "metrics.jsonl", "w", encoding="utf-8")
+
+    def log(self, obj: dict) -> None:
+        self._metrics.write(json.dumps(obj) + "\n")
+        self._metrics.flush()
+
+    def close(self) -> None:
+        self.traj.close()
+        self._metrics.close()
+
+
 def batches(n: int, size: int, seed: int):
     """Indices of shuffled epochs, `size` at a time (a fresh permutation per epoch, like a DataLoader)."""
     rng, buf = random.Random(seed), []
@@ -108,13 +140,8 @@ def train(cfg: TrainConfig) -> dict:
 
         return train_generation(cfg)
     mezo_cfg = cfg.mezo()
-    if cfg.steps < 0 or cfg.batch_size < 1:
-        raise ValueError("--steps must be >= 0 and --batch-size >= 1")
-    if cfg.backend not in BACKENDS:
-        raise BackendError(f"unknown backend {cfg.backend!r}: choose one of {BACKENDS}")
+    check_run(cfg)
     objective = objectives.get_objective(cfg.objective)
-    if cfg.keep not in ("best", "last"):
-        raise ValueError(f"--keep must be 'best' or 'last', got {cfg.keep!r}")
     hf_dtype(cfg.dtype)
     out = Path(cfg.out)
     check_out(out, cfg.overwrite)
@@ -132,17 +159,8 @@ def train(cfg: TrainConfig) -> dict:
     def evaluate(split):
         return objectives.evaluate(backend, data[split], spec.single_token_labels, cfg.eval_batch_size)
 
-    out.mkdir(parents=True, exist_ok=True)
-    resolved = {**asdict(cfg), "model": model_path, "n_trainable": sum(p.view.numel() for p in pieces),
-                "split_sizes": {k: len(v) for k, v in data.items()}}
-    (out / "config.json").write_text(json.dumps(resolved, indent=2))
-    traj = TrajectoryWriter(out / "trajectory.jsonl", make_header(
-        model_path, cfg.dtype, pieces, cfg.backend, cfg.perturb, cfg.trainable))
-    metrics = open(out / "metrics.jsonl", "w", encoding="utf-8")
-
-    def log(obj):
-        metrics.write(json.dumps(obj) + "\n")
-        metrics.flush()
+    files = RunFiles(out, cfg, model_path, pieces, data)
+    traj, log = files.traj, files.log
 
     history = {"step": [], "loss": [], "eval_step": [], "dev_acc": []}
     records = []
@@ -190,8 +208,7 @@ def train(cfg: TrainConfig) -> dict:
         test = evaluate("test")
         log({"step": best["step"], "split": "test", "best_step": best["step"], **test})
     finally:
-        traj.close()
-        metrics.close()
+        files.close()
     save_model(model_path, backend.hf_state_dict(), hf_dtype(cfg.dtype), out / "model")
     plot_curves(history, out / "curves.png", title=f"{spec.name} · {cfg.objective} · {cfg.backend}")
     backend.close()

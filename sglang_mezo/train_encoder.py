@@ -5,21 +5,19 @@ best dev step, curves.png). `--model minilm` or a headless BERT with `--num-labe
 """
 from __future__ import annotations
 
-import json
 import random
 import time
-from dataclasses import asdict
 from pathlib import Path
 
 from . import class_objectives as co
 from . import tasks
-from .backends import BACKENDS, BackendError, make_backend, select_trainable
+from .backends import make_backend, select_trainable
 from .backends.base import hf_dtype
 from .export import save_model
 from .mezo import mezo_step
 from .models import resolve_encoder
-from .train import TrainConfig, batches, check_out, plot_curves
-from .trajectory import TrajectoryWriter, make_header, rewind
+from .train import RunFiles, TrainConfig, batches, check_out, check_run, plot_curves
+from .trajectory import rewind
 
 
 def n_classes(spec) -> int:
@@ -29,12 +27,7 @@ def n_classes(spec) -> int:
 def train_encoder(cfg: TrainConfig) -> dict:
     # Everything that can be wrong with the input is checked before anything is written.
     mezo_cfg = cfg.mezo()
-    if cfg.steps < 0 or cfg.batch_size < 1:
-        raise ValueError("--steps must be >= 0 and --batch-size >= 1")
-    if cfg.backend not in BACKENDS:
-        raise BackendError(f"unknown backend {cfg.backend!r}: choose one of {BACKENDS}")
-    if cfg.keep not in ("best", "last"):
-        raise ValueError(f"--keep must be 'best' or 'last', got {cfg.keep!r}")
+    check_run(cfg)
     if cfg.chat_template:
         raise ValueError("--chat-template wraps prompts for a chat LM; an encoder classifier has no chat turns")
     spec = tasks.get_task(cfg.task)
@@ -57,17 +50,8 @@ def train_encoder(cfg: TrainConfig) -> dict:
     def evaluate(split):
         return co.evaluate(backend, data[split], cfg.eval_batch_size)
 
-    out.mkdir(parents=True, exist_ok=True)
-    resolved = {**asdict(cfg), "model": model_path, "n_trainable": sum(p.view.numel() for p in pieces),
-                "num_labels": backend.num_labels, "split_sizes": {k: len(v) for k, v in data.items()}}
-    (out / "config.json").write_text(json.dumps(resolved, indent=2))
-    traj = TrajectoryWriter(out / "trajectory.jsonl", make_header(
-        model_path, cfg.dtype, pieces, cfg.backend, cfg.perturb, cfg.trainable))
-    metrics = open(out / "metrics.jsonl", "w", encoding="utf-8")
-
-    def log(obj):
-        metrics.write(json.dumps(obj) + "\n")
-        metrics.flush()
+    files = RunFiles(out, cfg, model_path, pieces, data, num_labels=backend.num_labels)
+    traj, log = files.traj, files.log
 
     history = {"step": [], "loss": [], "eval_step": [], "dev_acc": []}
     records, best = [], {"step": 0, "accuracy": -1.0}
@@ -113,8 +97,7 @@ def train_encoder(cfg: TrainConfig) -> dict:
         test = evaluate("test")
         log({"step": best["step"], "split": "test", "best_step": best["step"], **test})
     finally:
-        traj.close()
-        metrics.close()
+        files.close()
     save_model(model_path, backend.hf_state_dict(), hf_dtype(cfg.dtype), out / "model")
     plot_curves(history, out / "curves.png", title=f"{spec.name} · {cfg.objective} · {cfg.backend} · encoder")
     backend.close()

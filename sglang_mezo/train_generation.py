@@ -7,21 +7,19 @@ the LM loss of the reference answer, with the same outputs as train.py:
 """
 from __future__ import annotations
 
-import json
 import random
 import time
-from dataclasses import asdict
 from pathlib import Path
 
 from . import reward_objectives as ro
 from . import rewards, tasks
-from .backends import BACKENDS, BackendError, make_backend, select_trainable
+from .backends import make_backend, select_trainable
 from .backends.base import hf_dtype
 from .export import save_model
 from .mezo import mezo_step
 from .models import resolve_model
-from .train import TrainConfig, batches, check_out
-from .trajectory import TrajectoryWriter, make_header, rewind
+from .train import RunFiles, TrainConfig, batches, check_out, check_run
+from .trajectory import rewind
 
 
 def sample_seed(seed: int, step: int) -> int:
@@ -32,12 +30,7 @@ def sample_seed(seed: int, step: int) -> int:
 def train_generation(cfg: TrainConfig) -> dict:
     # Everything that can be wrong with the input is checked before anything is written.
     mezo_cfg = cfg.mezo()
-    if cfg.steps < 0 or cfg.batch_size < 1:
-        raise ValueError("--steps must be >= 0 and --batch-size >= 1")
-    if cfg.backend not in BACKENDS:
-        raise BackendError(f"unknown backend {cfg.backend!r}: choose one of {BACKENDS}")
-    if cfg.keep not in ("best", "last"):
-        raise ValueError(f"--keep must be 'best' or 'last', got {cfg.keep!r}")
+    check_run(cfg)
     spec = tasks.get_task(cfg.task)
     objective = cfg.objective = cfg.objective or spec.metric
     if objective in ("ce", "accuracy"):
@@ -71,18 +64,8 @@ def train_generation(cfg: TrainConfig) -> dict:
                            with_lm=True)
 
     key = spec.metric   # the dev metric that picks the best step
-    out.mkdir(parents=True, exist_ok=True)
-    resolved = {**asdict(cfg), "model": model_path, "n_trainable": sum(p.view.numel() for p in pieces),
-                "split_sizes": {k: len(v) for k, v in data.items()}, "generation": gen, "reward": reward_name,
-                "dev_metric": key}
-    (out / "config.json").write_text(json.dumps(resolved, indent=2))
-    traj = TrajectoryWriter(out / "trajectory.jsonl", make_header(
-        model_path, cfg.dtype, pieces, cfg.backend, cfg.perturb, cfg.trainable))
-    metrics = open(out / "metrics.jsonl", "w", encoding="utf-8")
-
-    def log(obj):
-        metrics.write(json.dumps(obj) + "\n")
-        metrics.flush()
+    files = RunFiles(out, cfg, model_path, pieces, data, generation=gen, reward=reward_name, dev_metric=key)
+    traj, log = files.traj, files.log
 
     history = {"step": [], "reward": [], "lm_loss": [], "eval_step": [], "dev": []}
     records, best = [], {"step": 0, "value": -1.0}
@@ -135,8 +118,7 @@ def train_generation(cfg: TrainConfig) -> dict:
         test = evaluate("test")
         log({"step": best["step"], "split": "test", "best_step": best["step"], **test})
     finally:
-        traj.close()
-        metrics.close()
+        files.close()
     save_model(model_path, backend.hf_state_dict(), hf_dtype(cfg.dtype), out / "model")
     plot(history, key, out / "curves.png", title=f"{spec.name} · {objective} · {cfg.backend}")
     backend.close()

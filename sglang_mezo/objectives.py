@@ -120,16 +120,9 @@ def get_objective(name: str) -> Objective:
     if name in OBJECTIVES:
         return OBJECTIVES[name]
     if ":" in name:
-        import importlib
+        from .user_code import load_callable
 
-        mod, _, fn = name.partition(":")
-        try:
-            obj = getattr(importlib.import_module(mod), fn)
-        except (ImportError, AttributeError) as e:
-            raise ValueError(f"objective {name!r} cannot be loaded: {e}") from None
-        if not callable(obj):
-            raise ValueError(f"objective {name!r} is not callable")
-        return obj
+        return load_callable(name, "objective")
     raise ValueError(f"unknown objective {name!r}: choose one of {sorted(OBJECTIVES)} or module:function")
 
 

@@ -12,12 +12,13 @@ a/an/the, collapse whitespace.
 """
 from __future__ import annotations
 
-import importlib
 import math
 import re
 import string
 from collections import Counter
 from typing import Callable, Sequence
+
+from .user_code import load_callable
 
 _ARTICLES = re.compile(r"\b(a|an|the)\b")
 _PUNCT = set(string.punctuation)
@@ -102,14 +103,7 @@ def get_reward(name: str) -> Reward:
         m = METRICS[name]
         return lambda prompts, gens, refs: [m(g, r) for g, r in zip(gens, refs)]
     if ":" in name:
-        mod, _, fn = name.partition(":")
-        try:
-            obj = getattr(importlib.import_module(mod), fn)
-        except (ImportError, AttributeError) as e:
-            raise RewardError(f"reward {name!r} cannot be loaded: {e}") from None
-        if not callable(obj):
-            raise RewardError(f"reward {name!r} is not callable")
-        return obj
+        return load_callable(name, "reward", RewardError)
     raise RewardError(f"unknown reward {name!r}: choose one of {sorted(METRICS)} or module:function")
 
 

@@ -43,6 +43,9 @@ class SGLangBackend(Backend):
                                f"--tp {tp_size}` (or sglang.Engine(tp_size={tp_size}) with EngineTrainer)")
         cpu_shims.install()
         check_version()
+        from .sglang_patches import apply_all
+
+        apply_all()  # patches/*.diff, in memory (the installed package is never edited)
         from sglang.benchmark.one_batch import _init_process_global_configs, load_model
         from sglang.srt.entrypoints.engine import _set_envs_and_config
         from sglang.srt.runtime_context import SpawnRanks, publish, spawn_world_rank

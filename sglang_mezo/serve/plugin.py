@@ -17,6 +17,10 @@ log = logging.getLogger("sglang_mezo.serve")
 def register() -> None:
     from sglang.srt.managers.scheduler import Scheduler
 
+    from ..backends.sglang_patches import apply_all
+
+    apply_all()  # patches/*.diff, in memory, in every SGLang process (multi-LoRA on CPU needs 0001)
+
     Scheduler.mezo_call = mezo_call
 
 

@@ -27,7 +27,8 @@ def _train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--k-shot", type=int, default=16, help="examples per class; 0 = 1,000/500/1,000 setting")
     p.add_argument("--eval-every", type=int, default=0)
     p.add_argument("--dtype", default="float32", help="float32 | bfloat16 | float16")
-    p.add_argument("--estimator", default="two_point", help="two_point | one_point")
+    p.add_argument("--estimator", default="two_point",
+                   help="two_point | one_point | fzoo (one-sided, n >= 2 directions, step / σ of the losses)")
     p.add_argument("--n-queries", type=int, default=1, help="n-SPSA: seeds per step")
     p.add_argument("--trainable", default=None, help="regex over HF parameter names (default: all)")
     p.add_argument("--data-dir", default=None,
@@ -38,7 +39,9 @@ def _train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--n-dev", type=int, default=500, help="with --k-shot 0")
     p.add_argument("--n-test", type=int, default=1000)
     p.add_argument("--perturb", default="layerwise",
-                   help="layerwise (exact, default) | inplace (MeZO's +eps/-2eps/+eps)")
+                   help="layerwise (exact, default) | inplace (MeZO's +eps/-2eps/+eps) | lowrank (rank-R "
+                        "directions as LoRA adapters, all of a step's in one batch; needs --rank)")
+    p.add_argument("--rank", type=int, default=None, help="with --perturb lowrank: rank of each direction")
     p.add_argument("--keep", default="best", help="best (dev) step or last step as DIR/model")
     p.add_argument("--eval-batch-size", type=int, default=64, help="examples per engine batch in evaluation")
     p.add_argument("--max-new-tokens", type=int, default=None,

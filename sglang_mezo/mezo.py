@@ -7,10 +7,12 @@
         g  = (L+ − L−) / 2ε                            (projected gradient, a scalar)
         θ ← θ − η·(g·z(s) + λ·θ)                       (λ: weight decay, not on biases/norms)
 
-Also: one-point SPSA (g = (L+ − L0)/ε) and n-SPSA (n seeds per step, gradients averaged; memory is
-still the seeds). How θ ± εz is visited — exactly, layer by layer, or MeZO's in-place +ε/−2ε/+ε — is
-the `weights` object's business (perturb.py). Replaying a trajectory is this same function fed the
-recorded losses instead of forward passes.
+Also: one-point SPSA (g = (L+ − L0)/ε), n-SPSA (n seeds per step, gradients averaged; memory is
+still the seeds) and FZOO (one-sided, n directions, g_i = (L_i − L0)/σ with σ the standard deviation of
+the n perturbed losses: a step normalised by the batch's loss spread). How θ ± εz is visited — layer by
+layer, MeZO's in-place +ε/−2ε/+ε, or as low-rank LoRA adapters all in one batch — is the `weights`
+object's business (perturb.py, lowrank.py): the step hands it every point at once. Replaying a
+trajectory is this same function fed the recorded losses instead of forward passes.
 """
 from __future__ import annotations
 
@@ -18,7 +20,9 @@ import math
 from dataclasses import dataclass, field
 from typing import Callable
 
-from .perturb import ObjectiveError  # noqa: F401  (re-exported: part of the step's contract)
+from .perturb import ObjectiveError, losses_at  # noqa: F401  (ObjectiveError: part of the step's contract)
+
+ESTIMATORS = ("two_point", "one_point", "fzoo")
 
 
 @dataclass
@@ -26,7 +30,7 @@ class MeZOConfig:
     lr: float = 1e-6
     eps: float = 1e-3
     weight_decay: float = 0.0
-    estimator: str = "two_point"      # "two_point" (Algorithm 1) or "one_point"
+    estimator: str = "two_point"      # "two_point" (Algorithm 1), "one_point" or "fzoo"
     n_queries: int = 1                # n-SPSA: seeds per step, projected gradients averaged
 
     def __post_init__(self):
@@ -38,10 +42,13 @@ class MeZOConfig:
             raise ValueError(f"eps must be > 0, got {self.eps}")
         if self.lr < 0 or self.weight_decay < 0:
             raise ValueError("lr and weight_decay must be >= 0")
-        if self.estimator not in ("two_point", "one_point"):
-            raise ValueError(f"estimator must be 'two_point' or 'one_point', got {self.estimator!r}")
+        if self.estimator not in ESTIMATORS:
+            raise ValueError(f"estimator must be one of {ESTIMATORS}, got {self.estimator!r}")
         if isinstance(self.n_queries, bool) or not isinstance(self.n_queries, int) or self.n_queries < 1:
             raise ValueError(f"n_queries must be an integer >= 1, got {self.n_queries!r}")
+        if self.estimator == "fzoo" and self.n_queries < 2:
+            raise ValueError("estimator fzoo scales the step by the spread of the batch's losses: it needs "
+                             f"--n-queries >= 2, got {self.n_queries}")
 
 
 @dataclass
@@ -55,7 +62,7 @@ class StepRecord:
     weight_decay: float
     estimator: str
     loss_plus: list[float]
-    loss_minus: list[float]           # one_point: the unperturbed loss L0
+    loss_minus: list[float]           # one_point, fzoo: the unperturbed loss L0
     extra: dict = field(default_factory=dict)
 
     @property
@@ -67,28 +74,36 @@ class StepRecord:
                           estimator=self.estimator, n_queries=len(self.seeds))
 
 
+def points(seeds: list[int], cfg: MeZOConfig) -> list[tuple[int, float]]:
+    """Where the step evaluates the loss, as (seed, scale): θ + scale·z(seed)."""
+    if cfg.estimator == "two_point":
+        return [(s, e) for s in seeds for e in (cfg.eps, -cfg.eps)]   # L(θ+εz), L(θ−εz) per seed
+    return [(seeds[0], 0.0)] + [(s, cfg.eps) for s in seeds]          # L(θ), then L(θ+εz) per seed
+
+
+def estimate(losses: list[float], cfg: MeZOConfig) -> tuple[list[float], list[float], list[float]]:
+    """(projected gradients, L+ per seed, L− or L0 per seed) from the losses at `points`."""
+    if cfg.estimator == "two_point":
+        lp, lm = losses[0::2], losses[1::2]
+        return [(a - b) / (2 * cfg.eps) for a, b in zip(lp, lm)], lp, lm
+    l0, lp = losses[0], losses[1:]
+    if cfg.estimator == "one_point":
+        return [(a - l0) / cfg.eps for a in lp], lp, [l0] * len(lp)
+    mean = sum(lp) / len(lp)                                           # fzoo: σ of the perturbed losses
+    sigma = math.sqrt(sum((a - mean) ** 2 for a in lp) / len(lp))
+    return [(a - l0) / sigma if sigma > 0 else 0.0 for a in lp], lp, [l0] * len(lp)
+
+
 def mezo_step(weights, loss: Callable[[], float], seeds: list[int], cfg: MeZOConfig, step: int = 0
               ) -> StepRecord:
     """One MeZO step; `loss()` runs a forward pass on whatever weights the engine holds right now."""
     if len(seeds) != cfg.n_queries:
         raise ValueError(f"{cfg.n_queries} queries need {cfg.n_queries} seeds, got {len(seeds)}")
-    eps, n = cfg.eps, cfg.n_queries
-    base = weights.losses(seeds[0], [0.0], loss)[0] if cfg.estimator == "one_point" else None
-    grads, lp, lm = [], [], []
-    for s in seeds:
-        if cfg.estimator == "two_point":
-            l_plus, l_minus = weights.losses(s, [eps, -eps], loss)       # L(θ+εz), L(θ−εz)
-            g = (l_plus - l_minus) / (2 * eps)
-        else:
-            (l_plus,), l_minus = weights.losses(s, [eps], loss), base    # L(θ+εz), L(θ)
-            g = (l_plus - base) / eps
-        grads.append(g)
-        lp.append(l_plus)
-        lm.append(l_minus)
+    grads, lp, lm = estimate(losses_at(weights, points(seeds, cfg), loss), cfg)
     for i, (s, g) in enumerate(zip(seeds, grads)):                        # θ ← θ − η(ḡ·z + λθ)
-        weights.update(s, cfg.lr * g / n, cfg.lr * cfg.weight_decay if i == 0 else 0.0)
+        weights.update(s, cfg.lr * g / cfg.n_queries, cfg.lr * cfg.weight_decay if i == 0 else 0.0)
     weights.flush()
-    return StepRecord(step, list(seeds), grads, cfg.lr, eps, cfg.weight_decay, cfg.estimator, lp, lm)
+    return StepRecord(step, list(seeds), grads, cfg.lr, cfg.eps, cfg.weight_decay, cfg.estimator, lp, lm)
 
 
 def replay_step(weights, record: StepRecord) -> None:
@@ -97,7 +112,7 @@ def replay_step(weights, record: StepRecord) -> None:
     `weights` must be built with replay=True (layer-wise perturbation then leaves nothing to redo)."""
     if record.estimator == "two_point":
         seq = [v for pair in zip(record.loss_plus, record.loss_minus) for v in pair]
-    else:
+    else:  # one_point, fzoo: L0 first
         seq = [record.loss_minus[0]] + list(record.loss_plus)
     losses = iter(seq)
     redone = mezo_step(weights, lambda: next(losses), record.seeds, record.config(), record.step)

@@ -202,11 +202,38 @@ class Layerwise:
         pass
 
 
-def make(mode: str, pieces, layers=None, on_change=lambda: None, replay: bool = False, model=None):
+def losses_at(weights, points: Sequence[tuple[int, float]], loss: Callable[[], float]) -> list[float]:
+    """loss() at θ + scale·z(seed) for every (seed, scale) point, in order. A strategy that can batch
+    many points into one forward (lowrank adapters) has `losses_at`; the others visit them in turn,
+    consecutive points of one seed together (so InPlace fuses its restore with the update)."""
+    if hasattr(weights, "losses_at"):
+        return weights.losses_at(points, loss)
+    out: list[float] = []
+    i = 0
+    while i < len(points):
+        j = i
+        while j < len(points) and points[j][0] == points[i][0] and (j == i or points[j][1] != 0):
+            j += 1
+        out.extend(weights.losses(points[i][0], [sc for _, sc in points[i:j]], loss))
+        i = j
+    return out
+
+
+MODES = ("layerwise", "inplace", "lowrank")
+
+
+def make(mode: str, pieces, layers=None, on_change=lambda: None, replay: bool = False, model=None,
+         rank: int | None = None, adapters=None):
+    if mode == "lowrank":
+        from .lowrank import LowRank
+
+        if rank is None:
+            raise ValueError("--perturb lowrank needs --rank R")
+        return LowRank(pieces, rank, adapters, on_change, replay)
     if mode == "layerwise":
         if not layers and not replay:
             raise ValueError("exact layer-wise perturbation needs the model's decoder layer list")
         return Layerwise(pieces, layers or [], on_change, replay, model)
     if mode == "inplace":
         return InPlace(pieces, on_change, replay)
-    raise ValueError(f"unknown perturbation mode {mode!r}: choose 'layerwise' or 'inplace'")
+    raise ValueError(f"unknown perturbation mode {mode!r}: choose one of {MODES}")

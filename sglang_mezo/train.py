@@ -53,7 +53,8 @@ class TrainConfig:
     data_dir: str | None = None
     eval_batch_size: int = 64
     keep: str = "best"             # "best" dev step (MeZO's load_best_model_at_end) or "last"
-    perturb: str = "layerwise"     # exact layer-wise ±εz, or MeZO's in-place +ε/−2ε/+ε ("inplace")
+    perturb: str = "layerwise"     # exact layer-wise ±εz, MeZO's in-place +ε/−2ε/+ε ("inplace"), or
+    rank: int | None = None        # "lowrank": rank-`rank` directions served as LoRA adapters (lowrank.py)
     chat_template: bool = False    # wrap each prompt as a user turn with the tokenizer's chat template
     overwrite: bool = False
     progress: bool = True
@@ -87,6 +88,40 @@ def check_run(cfg: TrainConfig) -> None:
         raise BackendError(f"unknown backend {cfg.backend!r}: choose one of {BACKENDS}")
     if cfg.keep not in ("best", "last"):
         raise ValueError(f"--keep must be 'best' or 'last', got {cfg.keep!r}")
+    from .perturb import MODES
+
+    if cfg.perturb not in MODES:
+        raise ValueError(f"--perturb must be one of {MODES}, got {cfg.perturb!r}")
+    if cfg.perturb == "lowrank":
+        if isinstance(cfg.rank, bool) or not isinstance(cfg.rank, int) or cfg.rank < 1:
+            raise ValueError(f"--perturb lowrank needs --rank R (an integer >= 1), got {cfg.rank!r}")
+    elif cfg.rank is not None:
+        raise ValueError(f"--rank is for --perturb lowrank (got --perturb {cfg.perturb})")
+
+
+def lora_options(cfg: TrainConfig) -> dict:
+    """Engine options for a lowrank run: the LoRA pool sized for one step's adapters (+1 for the base)."""
+    if cfg.perturb != "lowrank" or cfg.backend != "sglang":
+        return {}
+    per_step = 2 * cfg.n_queries if cfg.estimator == "two_point" else cfg.n_queries + 1
+    return {"lora": {"max_lora_rank": cfg.rank, "max_loras_per_batch": per_step + 1}}
+
+
+def trainable_pieces(cfg: TrainConfig, backend):
+    """--trainable's pieces; in lowrank mode only LoRA-adaptable matrices, and the run says what stays frozen."""
+    import sys
+
+    pieces = select_trainable(backend.pieces, cfg.trainable)
+    if cfg.perturb == "lowrank":
+        from .lowrank import TARGETS, adaptable
+
+        pieces, frozen = adaptable(pieces)
+        if not pieces:
+            raise BackendError(f"--perturb lowrank: no trainable matrix is a LoRA target ({', '.join(TARGETS)})")
+        print(f"sglang-mezo: --perturb lowrank --rank {cfg.rank}: training {len(pieces)} matrices "
+              f"({', '.join(TARGETS)}); frozen (SGLang's LoRA cannot adapt them): {len(frozen)} tensors, "
+              f"e.g. {', '.join(frozen[:3])}", file=sys.stderr)
+    return pieces
 
 
 class RunFiles:
@@ -99,7 +134,7 @@ class RunFiles:
                     "split_sizes": {k: len(v) for k, v in data.items()}, **extra}
         (out / "config.json").write_text(json.dumps(resolved, indent=2))
         self.traj = TrajectoryWriter(out / "trajectory.jsonl", make_header(
-            model_path, cfg.dtype, pieces, cfg.backend, cfg.perturb, cfg.trainable))
+            model_path, cfg.dtype, pieces, cfg.backend, cfg.perturb, cfg.trainable, cfg.rank))
         self._metrics = open(out / "metrics.jsonl", "w", encoding="utf-8")
 
     def log(self, obj: dict) -> None:
@@ -128,6 +163,9 @@ def train(cfg: TrainConfig) -> dict:
     generation = tasks.is_generation(tasks.get_task(cfg.task))
     if cfg.objective is None and not generation:  # a generation task defaults to its own metric
         cfg.objective = "ce"
+    if cfg.perturb == "lowrank" and (generation or is_encoder_model(cfg.model)):
+        raise ValueError("--perturb lowrank runs classification tasks on decoder models (its adapters "
+                         "batch scoring forwards); generation tasks and encoder classifiers use layerwise")
     if is_encoder_model(cfg.model):  # BERT / XLM-R classifiers: class logits, not token log-probs
         from .train_encoder import train_encoder
 
@@ -149,11 +187,15 @@ def train(cfg: TrainConfig) -> dict:
     spec = tasks.get_task(cfg.task)
     data = tasks.splits(spec, k_shot=cfg.k_shot, seed=cfg.seed, n_train=cfg.n_train, n_dev=cfg.n_dev,
                         n_test=cfg.n_test, data_dir=cfg.data_dir)
-    backend = make_backend(cfg.backend, model_path, cfg.dtype)
+    backend = make_backend(cfg.backend, model_path, cfg.dtype, **lora_options(cfg))
     if cfg.chat_template:
         data = {k: tasks.apply_chat_template(v, backend.tokenizer) for k, v in data.items()}
-    pieces = select_trainable(backend.pieces, cfg.trainable)
-    weights = backend.weights(pieces, cfg.perturb)
+    pieces = trainable_pieces(cfg, backend)
+    weights = backend.weights(pieces, cfg.perturb, rank=cfg.rank)
+    if getattr(weights, "adapters", None) is not None:  # the LoRA pool holds one step's adapters?
+        from .mezo import points
+
+        weights.adapters.check(cfg.rank, len(points([0] * cfg.n_queries, mezo_cfg)))
     objectives.encode(data["train"][:1], backend.tokenizer, spec.single_token_labels)  # label words ok?
 
     def evaluate(split):
@@ -204,7 +246,7 @@ def train(cfg: TrainConfig) -> dict:
         if cfg.keep == "last":
             best.update(step=cfg.steps, accuracy=final_dev["accuracy"])
         if best["step"] != cfg.steps:  # keep the best dev step (MeZO's load_best_model_at_end)
-            rewind(backend, pieces, cfg.perturb, records[: best["step"]])
+            rewind(backend, pieces, cfg.perturb, records[: best["step"]], cfg.rank)
         test = evaluate("test")
         log({"step": best["step"], "split": "test", "best_step": best["step"], **test})
     finally:

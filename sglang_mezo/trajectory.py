@@ -21,13 +21,18 @@ class TrajectoryError(ValueError):
     pass
 
 
-def make_header(base_model: str, dtype: str, pieces, backend: str, perturb: str, trainable=None) -> dict:
-    """What a replay needs besides the steps: base model, dtype, the trained HF tensors, noise, perturb mode."""
+def make_header(base_model: str, dtype: str, pieces, backend: str, perturb: str, trainable=None,
+                rank: int | None = None) -> dict:
+    """What a replay needs besides the steps: base model, dtype, the trained HF tensors, noise, perturb mode
+    (and, for lowrank, the rank of every direction)."""
     from .noise import VERSION
 
-    return {"base_model": base_model, "dtype": dtype, "trainable": trainable,
+    head = {"base_model": base_model, "dtype": dtype, "trainable": trainable,
             "trainable_names": list(dict.fromkeys(p.hf_name for p in pieces)), "noise": VERSION,
             "backend": backend, "perturb": perturb}
+    if perturb == "lowrank":
+        head["rank"] = rank
+    return head
 
 
 def write(path: str | Path, header: dict, records) -> None:
@@ -94,11 +99,11 @@ def checkpoint_pieces(model_path: str, names: list[str], dtype: torch.dtype) -> 
     return [pieces[n] for n in names]
 
 
-def rewind(backend, pieces: list[Piece], perturb: str, records) -> None:
+def rewind(backend, pieces: list[Piece], perturb: str, records, rank: int | None = None) -> None:
     """The engine's weights at the end of `records`, without a second copy of the model: the base
     weights back in place, then the records replayed (best dev step, rollback)."""
     backend.load_base()
-    redo = backend.weights(pieces, perturb, replay=True)
+    redo = backend.weights(pieces, perturb, replay=True, rank=rank)
     for rec in records:
         replay_step(redo, rec)
 
@@ -111,7 +116,7 @@ def replay(base_model: str, trajectory: str | Path, upto: int | None = None) -> 
     from .perturb import make
 
     pieces = checkpoint_pieces(base_model, header["trainable_names"], hf_dtype(header["dtype"]))
-    weights = make(header.get("perturb", "inplace"), pieces, replay=True)
+    weights = make(header.get("perturb", "inplace"), pieces, replay=True, rank=header.get("rank"))
     for rec in records:
         if upto is not None and rec.step > upto:
             break

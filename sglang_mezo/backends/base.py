@@ -87,11 +87,15 @@ class Backend:
         """The decoder layers, in order, for exact layer-wise perturbation (None: not found)."""
         return decoder_layers(self.model)
 
-    def weights(self, pieces: list[Piece], mode: str = "layerwise", replay: bool = False):
-        """The step's view of `pieces`: how θ ± εz is visited (perturb.py) and how updates land."""
+    def weights(self, pieces: list[Piece], mode: str = "layerwise", replay: bool = False,
+                rank: int | None = None):
+        """The step's view of `pieces`: how θ ± εz is visited (perturb.py) and how updates land. Here
+        `lowrank` merges each direction into the weights (the reference); the SGLang backend serves
+        it as LoRA adapters instead."""
         from ..perturb import make
 
-        return make(mode, pieces, self.layers, self.changed, replay, self.model)
+        return make(mode, pieces, self.layers if mode != "lowrank" else None, self.changed, replay,
+                    self.model, rank=rank)
 
     def load_base(self) -> None:
         """Put the base checkpoint's weights back, in place."""

@@ -9,6 +9,7 @@ so nothing computed under old or perturbed weights is ever reused. Weights chang
 from __future__ import annotations
 
 import os
+import uuid
 from array import array
 from typing import Sequence
 
@@ -17,6 +18,8 @@ import torch
 from .. import cpu_shims
 from . import layout
 from .base import Backend, BackendError, Piece, ScoreRequest, ScoreResult, validate_requests
+
+LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
 SGLANG_VERSION = "0.5.23"
 _built: str | None = None
@@ -36,7 +39,7 @@ class SGLangBackend(Backend):
 
     def __init__(self, model_path: str, dtype: str = "float32", *, max_total_tokens: int = 8192,
                  device: str | None = None, verify_layout: bool = True, tp_size: int = 1,
-                 server_args: dict | None = None):
+                 server_args: dict | None = None, lora: dict | None = None):
         if tp_size != 1:  # one process holds one rank; the other ranks need processes SGLang spawns
             raise BackendError(f"the in-process SGLang runner (`train`, `eval`) is single-rank, tp_size "
                                f"{tp_size} refused: tensor parallelism runs through `sglang-mezo serve "
@@ -56,6 +59,9 @@ class SGLangBackend(Backend):
                   max_total_tokens=max_total_tokens, random_seed=0, log_level="error", **(server_args or {}))
         if not on_cuda:
             kw.update(device="cpu", attention_backend="torch_native", disable_cuda_graph=True)
+        if lora:  # multi-LoRA for low-rank perturbations: lora = {max_lora_rank, max_loras_per_batch}
+            kw.update(enable_lora=True, lora_target_modules=list(LORA_TARGETS),
+                      lora_backend="torch_native" if not on_cuda else "triton", **lora)
         sa = ServerArgs(**kw)
         sa.resolve_once()
         _set_envs_and_config(sa)
@@ -68,7 +74,13 @@ class SGLangBackend(Backend):
             raise BackendError(f"an SGLang ModelRunner already lives in this process ({_built}); SGLang "
                                "allows one per process: start another process for a second model")
         _built = model_path
-        bench, tokenizer = load_model(sa, pa, 0, 0)
+        try:
+            bench, tokenizer = load_model(sa, pa, 0, 0)
+        except Exception as e:
+            if lora:  # SGLang's LoRA refuses the model or a target: say which flag asked for it
+                raise BackendError(f"--perturb lowrank: SGLang's multi-LoRA cannot serve {model_path} "
+                                   f"({type(e).__name__}: {e})") from e
+            raise
         self._attach(bench.torch_runner, tokenizer, model_path, verify_layout, max_total_tokens)
 
     @classmethod
@@ -118,10 +130,31 @@ class SGLangBackend(Backend):
     @torch.no_grad()
     def score(self, requests: Sequence[ScoreRequest]) -> list[ScoreResult]:
         validate_requests(requests, self.vocab_size)
+        fan = getattr(self, "_fan", None)
+        if fan is not None:  # under adapters: every adapter's results from one batch, then this one's
+            return fan.results(requests)
+        return self._score_with(requests, [None] * len(requests))
+
+    def _score_with(self, requests, lora_ids) -> list[ScoreResult]:
         results: list[ScoreResult] = []
-        for chunk in self._chunks(requests):
-            results.extend(self._forward(chunk))
+        for chunk in self._chunks(requests, with_index=True):
+            results.extend(self._forward([requests[i] for i in chunk], [lora_ids[i] for i in chunk]))
         return results
+
+    def lora_adapters(self) -> "LoRAAdapters":
+        """Low-rank perturbations as adapters of this runner's multi-LoRA (BackendError without LoRA)."""
+        if getattr(self.runner, "lora_manager", None) is None:
+            raise BackendError("--perturb lowrank needs SGLang's multi-LoRA: this engine was started without "
+                               "it (serve: --enable-lora --max-lora-rank R --max-loras-per-batch N "
+                               f"--lora-target-modules {' '.join(LORA_TARGETS)} --lora-backend torch_native)")
+        return LoRAAdapters(self)
+
+    def weights(self, pieces, mode: str = "layerwise", replay: bool = False, rank: int | None = None):
+        if mode == "lowrank" and not replay:
+            from ..perturb import make
+
+            return make(mode, pieces, rank=rank, adapters=self.lora_adapters(), on_change=self.changed)
+        return super().weights(pieces, mode, replay, rank)
 
     def _chunks(self, requests, with_index: bool = False):
         """Consecutive requests that fit the KV pool together (their indices with with_index)."""
@@ -211,7 +244,7 @@ class SGLangBackend(Backend):
         self.runner.token_to_kv_pool_allocator.clear()
         return results
 
-    def _forward(self, requests: Sequence[ScoreRequest]) -> list[ScoreResult]:
+    def _forward(self, requests: Sequence[ScoreRequest], lora_ids=None) -> list[ScoreResult]:
         from sglang.srt.managers.schedule_batch import Req
         from sglang.srt.sampling.sampling_params import SamplingParams
 
@@ -221,7 +254,7 @@ class SGLangBackend(Backend):
         for i, r in enumerate(requests):
             req = Req(rid=str(i), origin_input_text="", origin_input_ids=array("q", r.ids),
                       sampling_params=SamplingParams(temperature=0, max_new_tokens=1),
-                      return_logprob=want_span)
+                      return_logprob=want_span, lora_id=lora_ids[i] if lora_ids else None)
             req.full_untruncated_fill_ids = req.origin_input_ids
             # Log-probs from position len-target_len-1 on: entry j = log p(ids[s+j+1] | ids[:s+j+1]).
             req.logprob_start_len = len(r.ids) - max(r.target_len, 1) - 1 if want_span else len(r.ids) - 1
@@ -292,3 +325,71 @@ def assemble_hf(pieces: list[Piece], complete: bool = False) -> dict[str, torch.
         raise BackendError(f"the TP ranks' shards do not cover {holes[:5]}: the layout of a sharded "
                            "parameter is not what layout.py expects")
     return out
+
+
+class LoRAAdapters:
+    """Low-rank perturbations θ + s·U·Vᵀ as LoRA adapters of the runner's multi-LoRA pool.
+
+    Each `losses` call loads fresh adapters (new uuid lora_ids: SGLang's radix cache keys KV by lora_id,
+    and its LoRA pool caches weights by lora_id, so nothing computed under another step's adapter can
+    be reused), runs every adapter's copy of the batch in one forward, and unloads them."""
+
+    def __init__(self, backend: SGLangBackend):
+        self.backend = backend
+        self.manager = backend.runner.lora_manager
+
+    def limits(self) -> tuple[int, int]:
+        """(max_lora_rank, max_loras_per_batch) the engine was started with."""
+        return self.manager.max_lora_rank, self.manager.max_loras_per_batch
+
+    def check(self, rank: int, n_adapters: int) -> None:
+        from ..lowrank import check_limits
+
+        check_limits(rank, n_adapters, *self.limits())
+
+    def losses(self, tensors: list, config: dict, loss) -> list[float]:
+        """loss() under each adapter (None: the base model), all adapters' requests in one batch."""
+        from sglang.srt.lora.lora_registry import LoRARef
+
+        self.check(config["r"], len(tensors))
+        refs, ids = [], []
+        try:
+            for t in tensors:
+                if t is None:
+                    ids.append(None)
+                    continue
+                tag = uuid.uuid4().hex  # fresh per step: no cached adapter weights or KV can match it
+                ref = LoRARef(lora_id=tag, lora_name=f"mezo-{tag}", lora_path=f"sglang_mezo:lowrank/{tag}",
+                              pinned=False)
+                res = self.backend.runner.load_lora_adapter_from_tensors(ref, t, config)
+                if not res.success:
+                    raise BackendError(f"SGLang refused the low-rank adapter: {res.error_message}")
+                refs.append(ref)
+                ids.append(ref.lora_id)
+            fan = self.backend._fan = _Fanout(self.backend, ids)
+            out = []
+            for i in range(len(ids)):
+                fan.current = i
+                out.append(loss())
+            return out
+        finally:
+            self.backend._fan = None
+            for ref in refs:
+                self.backend.runner.unload_lora_adapter(ref)
+
+
+class _Fanout:
+    """score() under k adapters: the first call runs requests × adapters as one batch, later calls
+    (the other adapters' losses) read their share."""
+
+    def __init__(self, backend, ids):
+        self.backend, self.ids, self.current, self.cache = backend, ids, 0, {}
+
+    def results(self, requests):
+        key = tuple((tuple(r.ids), tuple(r.next_ids), r.target_len) for r in requests)
+        if key not in self.cache:
+            n = len(requests)
+            flat = self.backend._score_with([r for _ in self.ids for r in requests],
+                                            [a for a in self.ids for _ in requests])
+            self.cache[key] = [flat[k * n: (k + 1) * n] for k in range(len(self.ids))]
+        return self.cache[key][self.current]

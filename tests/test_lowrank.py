@@ -1,0 +1,88 @@
+"""--perturb lowrank: rank-r directions as SGLang multi-LoRA adapters (real engine, tiny Llama, fp32),
+checked against transformers with the same directions merged into the weights."""
+import json
+
+import pytest
+import torch
+
+from conftest import cli, last_json, run_py
+from sglang_mezo import lowrank
+from sglang_mezo.backends.base import Piece
+
+
+@pytest.fixture(scope="module")
+def check(tiny_model, tmp_path_factory):
+    out = tmp_path_factory.mktemp("lowrank")
+    return json.loads(run_py(["tests/lowrank_check.py", tiny_model, str(out)]).stdout.strip().splitlines()[-1])
+
+
+def test_factors_equal_the_pure_python_reference_bit_for_bit():
+    for name, (out, inp), r in (("model.layers.0.self_attn.q_proj.weight", (12, 7), 3),
+                                ("model.layers.1.mlp.down_proj.weight", (5, 9), 1)):
+        U, V = lowrank.factors(2024, name, (out, inp), r)
+        for M, which, n in ((U, "U", out), (V, "V", inp)):
+            ref = torch.tensor([[lowrank.factor_reference(2024, name, which, n, i, k) for k in range(r)]
+                                for i in range(n)])
+            assert torch.equal(M, ref), (name, which)
+    # layout invariance: a row shard's direction is the same rows of the whole direction
+    full = Piece("m.o_proj.weight", (12, 8), torch.zeros(12, 8), (0, 0))
+    shard = Piece("m.o_proj.weight", (12, 8), torch.zeros(5, 3), (4, 2))
+    assert torch.equal(lowrank.direction(9, shard, 4), lowrank.direction(9, full, 4)[4:9, 2:5])
+    # unit-variance entries, and a rank-k direction's factors are the first k columns of rank r's
+    z = lowrank.direction(3, Piece("x.up_proj.weight", (256, 256), torch.zeros(256, 256), (0, 0)), 8)
+    assert abs(z.pow(2).mean().item() - 1) < 0.1
+    assert torch.equal(lowrank.factors(5, "a", (6, 4), 2)[0], lowrank.factors(5, "a", (6, 4), 3)[0][:, :2])
+
+
+def test_adapter_logprobs_equal_merged_weights(check):
+    assert check["adapter_vs_merged"] <= 1e-5
+    assert check["adapter_vs_base"] > 1e-2, "the adapter did not change the outputs: nothing was compared"
+
+
+def test_lowrank_steps_through_sglang_equal_hf_merged_steps(check):
+    """n directions × signs run as one forward; losses match hf merged weights step after step on the
+    same batch (an adapter or KV reused from an earlier step, or the other sign, would show here)."""
+    for est in ("two_point", "fzoo", "one_point"):
+        assert check[f"{est}_loss_gap"] <= 1e-4, est
+        assert check[f"{est}_forwards_per_step"] == 1, est
+        assert check[f"{est}_losses_move"] >= 6, est  # distinct losses: the directions and steps differ
+
+
+def test_replay_is_bit_identical_and_frozen_tensors_stay(check):
+    for est in ("two_point", "fzoo", "one_point"):
+        assert check[f"{est}_replay_tensors"] == 14 and check[f"{est}_replay_mismatch"] == 0, est
+    assert check["changed_tensors"] == 14 and check["frozen_changed"] == 0
+    assert "model.embed_tokens.weight" in check["frozen"] and "lm_head.weight" in check["frozen"]
+
+
+def test_limits_are_named_with_their_flags(check):
+    assert "--max-lora-rank" in check["errors"]["rank"] and "--rank 5" in check["errors"]["rank"]
+    assert "--max-loras-per-batch" in check["errors"]["loras"] and "10 adapters" in check["errors"]["loras"]
+
+
+def test_cli_bad_input_stops_before_any_step(tmp_path, tiny_model):
+    p = cli("train", "--model", tiny_model, "--perturb", "lowrank", "--steps", "1", "--out", str(tmp_path / "a"),
+            check=False)
+    assert p.returncode == 2 and "--rank" in p.stderr and not (tmp_path / "a").exists()
+    p = cli("train", "--model", tiny_model, "--rank", "2", "--steps", "1", "--out", str(tmp_path / "b"), check=False)
+    assert p.returncode == 2 and "--perturb lowrank" in p.stderr
+    p = cli("train", "--model", tiny_model, "--perturb", "lowrank", "--rank", "2", "--estimator", "fzoo",
+            "--steps", "1", "--out", str(tmp_path / "c"), check=False)
+    assert p.returncode == 2 and "--n-queries >= 2" in p.stderr
+
+
+def test_cli_train_and_replay(tmp_path, tiny_model):
+    out = tmp_path / "run"
+    p = cli("train", "--model", tiny_model, "--task", "sst2", "--perturb", "lowrank", "--rank", "2",
+            "--n-queries", "2", "--steps", "3", "--batch-size", "4", "--lr", "1e-2", "--eps", "1e-2",
+            "--n-test", "8", "--k-shot", "4", "--keep", "last", "--progress-off", "--out", str(out))
+    assert "frozen (SGLang's LoRA cannot adapt them)" in p.stderr and "model.embed_tokens.weight" in p.stderr
+    head = json.loads((out / "trajectory.jsonl").read_text().splitlines()[0])
+    assert head["perturb"] == "lowrank" and head["rank"] == 2
+    assert all("proj" in n for n in head["trainable_names"])
+    cli("replay", "--trajectory", str(out / "trajectory.jsonl"), "--out", str(tmp_path / "re"))
+    from safetensors.torch import load_file
+
+    a, b = load_file(str(out / "model" / "model.safetensors")), load_file(str(tmp_path / "re" / "model.safetensors"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert last_json(p.stdout)["steps"] == 3

@@ -22,7 +22,7 @@ from typing import Callable, Sequence
 
 import torch
 
-from .noise import Add, Update, _apply, gaussian_range, gaussian_reference, stream_key
+from .noise import gaussian_range, gaussian_reference, stream_key
 from .perturb import _finite
 
 TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
@@ -52,13 +52,19 @@ def factors(seed: int, name: str, shape: Sequence[int], rank: int, device="cpu")
     return factor(seed, name, "U", out, rank, device), factor(seed, name, "V", inp, rank, device)
 
 
-def direction(seed: int, piece, rank: int) -> torch.Tensor:
-    """z_W restricted to the rows/columns the piece holds, float32 (fp64 products: exact, then rounded)."""
+def scaled_delta(seed: int, piece, rank: int, coef: float) -> torch.Tensor:
+    """coef·z_W restricted to the rows/columns the piece holds: (coef/√r · U_rows) @ V_colsᵀ in float32.
+    The scalar goes into the small factor, so the big matrix is written once; train and replay run the
+    same call on the same shapes, hence the same bits."""
     U, V = factors(seed, piece.hf_name, piece.hf_shape, rank, piece.view.device)
     r0, c0 = piece.hf_start
     rows, cols = piece.view.shape
-    U, V = U[r0: r0 + rows].double(), V[c0: c0 + cols].double()
-    return (U @ V.t() * (1.0 / math.sqrt(rank))).to(torch.float32)
+    return (U[r0: r0 + rows] * (coef / math.sqrt(rank))) @ V[c0: c0 + cols].t()
+
+
+def direction(seed: int, piece, rank: int) -> torch.Tensor:
+    """z_W restricted to the piece (unit-variance entries)."""
+    return scaled_delta(seed, piece, rank, 1.0)
 
 
 def adapter_tensors(seed: int, scale: float, pieces, rank: int) -> dict[str, torch.Tensor]:
@@ -123,7 +129,7 @@ class LowRank:
         saved = [p.view.clone() for p in self.pieces]
         try:
             for p in self.pieces:
-                _apply(p.view, direction(seed, p, self.rank).to(p.view.device), [Add(scale)], p.decays)
+                p.view.add_(scaled_delta(seed, p, self.rank, scale).to(p.view.dtype))
             self.on_change()
             return _finite(loss())
         finally:
@@ -136,7 +142,10 @@ class LowRank:
         if not (coef or decay):
             return
         for p in self.pieces:
-            _apply(p.view, direction(seed, p, self.rank).to(p.view.device), [Update(coef, decay)], p.decays)
+            step = scaled_delta(seed, p, self.rank, coef).to(p.view.dtype)
+            if decay:
+                step += p.view * decay
+            p.view.sub_(step)
         self.on_change()
 
     def flush(self) -> None:

@@ -47,6 +47,7 @@ def _get_trainer(sched):
             resume=lambda: sched.continue_generation(ContinueGenerationReqInput()),
             flush=flush,
             perturb=os.environ.get("SGLANG_MEZO_PERTURB", "layerwise"),
+            rank=int(os.environ["SGLANG_MEZO_RANK"]) if os.environ.get("SGLANG_MEZO_RANK") else None,
             policy=Policy.from_env())  # set by `sglang-mezo serve`: requests come over HTTP
     return _trainer
 

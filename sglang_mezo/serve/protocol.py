@@ -121,8 +121,8 @@ def parse_step(d) -> StepArgs:
     if k_shot is not None:
         _num(d, "k_shot", 16, lo=1, hi=100_000, integer=True)
     estimator = d.get("estimator", "two_point")
-    if estimator not in ("two_point", "one_point"):
-        raise RequestError("'estimator' must be 'two_point' or 'one_point'")
+    if estimator not in ("two_point", "one_point", "fzoo"):
+        raise RequestError("'estimator' must be 'two_point', 'one_point' or 'fzoo'")
     return StepArgs(lr=_num(d, "lr", lo=0, hi=1), eps=_num(d, "eps", 1e-3, lo=1e-8, hi=1),
                     weight_decay=_num(d, "weight_decay", 0.0, lo=0, hi=1), objective=objective, seed=seed,
                     examples=examples, task=task,

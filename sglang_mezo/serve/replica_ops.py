@@ -81,7 +81,7 @@ def parse_apply(d):
     rec = StepRecord(step, seeds, floats("grads", n), r["lr"], r["eps"], r["weight_decay"], r["estimator"],
                      floats("loss_plus", n), floats("loss_minus", n), r.get("extra") or {})
     try:
-        MeZOConfig(lr=rec.lr, eps=rec.eps, weight_decay=rec.weight_decay, estimator=rec.estimator)
+        MeZOConfig(lr=rec.lr, eps=rec.eps, weight_decay=rec.weight_decay, estimator=rec.estimator, n_queries=n)
     except ValueError as e:
         raise RequestError(f"record: {e}") from None
     if not isinstance(rec.extra, dict) or len(json.dumps(rec.extra)) > 4096:

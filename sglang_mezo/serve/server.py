@@ -29,6 +29,7 @@ _rpc = None          # DEALER socket to the schedulers, opened on first use
 _port_args = None    # SGLang's IPC names, captured when it launches its processes
 _policy = Policy(restricted=True)   # what requests may name; set from the --mezo-* flags by main()
 _keys = (None, None)                # (api_key, admin_api_key) the server was started with
+_lowrank = None  # (rank, tp_size, max_lora_rank, max_loras_per_batch) with --mezo-perturb lowrank
 
 
 class _State:
@@ -138,11 +139,27 @@ def _add_routes(app) -> None:
             return fn
         return deco
 
+    async def one_step(args: dict):
+        """A step: full-rank in the scheduler (paused), or low-rank beside user traffic."""
+        if _lowrank is None:
+            return await call("step", args)
+        from sglang.srt.entrypoints.http_server import get_global_state
+
+        from ..objectives import get_objective
+        from . import lowrank_http
+
+        objective = get_objective(_policy.objective(parse_step(args).objective))
+        return await lowrank_http.step(call, args, get_global_state().tokenizer_manager, objective, *_lowrank)
+
     @route("/mezo/step")
     async def step(request):
         args = await body(request)
         _check_policy(parse_step(args))
-        return await exclusive("step", args)
+        st = state()
+        if st.lock.locked() or (st.train_task and not st.train_task.done()):
+            raise RequestError("a MeZO step or training run is in progress", 409)
+        async with st.lock:
+            return await one_step(args)
 
     @route("/mezo/rollback")
     async def rollback(request):
@@ -202,11 +219,14 @@ def _add_routes(app) -> None:
             try:
                 for i in range(steps):
                     async with st.lock:  # released between steps: other routes answer 409 meanwhile
-                        code, res = await call("step", step_args)
+                        code, res = await one_step(step_args)
                     if code != 200:
                         st.progress["error"] = res.get("error", res)
                         break
                     st.progress.update(done=i + 1, last=res)
+                    for k in ("update_s", "forward_s"):  # low-rank steps: the pause, and the ±ε batch
+                        if k in res:
+                            st.progress[f"max_{k}"] = max(st.progress.get(f"max_{k}", 0.0), res[k])
                     await asyncio.sleep(interval)  # ordinary requests run freely between steps
             except Exception as e:  # noqa: BLE001 - recorded for /mezo/status; details in the log
                 log.exception("MeZO training run failed")
@@ -260,6 +280,10 @@ def _mezo_flags(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
     p.add_argument("--mezo-task-dir", metavar="DIR",
                    help="requests may name task files DIR/NAME.yaml (their data must stay inside DIR)")
     p.add_argument("--mezo-save-dir", metavar="DIR", help="/mezo/save writes only under DIR")
+    p.add_argument("--mezo-perturb", default="layerwise", choices=["layerwise", "inplace", "lowrank"],
+                   help="lowrank: rank-R directions as LoRA adapters, run as ordinary requests beside user "
+                        "traffic; serving pauses only for each in-place update (needs --mezo-rank)")
+    p.add_argument("--mezo-rank", type=int, default=None, metavar="R", help="with --mezo-perturb lowrank")
     if "-h" in argv or "--help" in argv:
         p.print_help()
         print()
@@ -293,6 +317,28 @@ def _policy_from_flags(ns: argparse.Namespace) -> Policy:
                   save_dir=dirs["--mezo-save-dir"])
 
 
+def _lowrank_flags(ns: argparse.Namespace, argv: list[str]) -> list[str]:
+    """--mezo-perturb lowrank: SGLang's multi-LoRA on (its flags, where not given), and the schedulers told."""
+    os.environ["SGLANG_MEZO_PERTURB"] = ns.mezo_perturb
+    if ns.mezo_perturb != "lowrank":
+        if ns.mezo_rank is not None:
+            raise SystemExit("sglang-mezo serve: --mezo-rank is for --mezo-perturb lowrank")
+        return argv
+    if ns.mezo_rank is None or ns.mezo_rank < 1:
+        raise SystemExit("sglang-mezo serve: --mezo-perturb lowrank needs --mezo-rank R (an integer >= 1)")
+    os.environ["SGLANG_MEZO_RANK"] = str(ns.mezo_rank)
+    from ..backends.sglang_runner import LORA_TARGETS
+
+    defaults = {"--enable-lora": None, "--max-lora-rank": str(ns.mezo_rank), "--max-loras-per-batch": "8",
+                "--lora-target-modules": list(LORA_TARGETS)}
+    if cpu_shims.cuda_available() is False:
+        defaults["--lora-backend"] = "torch_native"
+    for flag, val in defaults.items():
+        if flag not in argv:
+            argv += [flag] + ([] if val is None else val if isinstance(val, list) else [val])
+    return argv
+
+
 def _is_loopback(host: str) -> bool:
     if host == "localhost":
         return True
@@ -314,6 +360,7 @@ def main(argv: list[str] | None = None) -> int:
         for flag, val in defaults.items():
             if flag not in argv:
                 argv += [flag] + ([val] if val else [])
+    argv = _lowrank_flags(ns, argv)
     from sglang.srt.entrypoints.http_server import app, launch_server
     from sglang.srt.server_args import prepare_server_args
 
@@ -323,6 +370,15 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit("sglang-mezo serve: the /mezo/* routes need SGLang's single-process Python HTTP "
                          "server (no --tokenizer-worker-num > 1, no SGLANG_RUST_SERVER)")
     _policy, _keys = policy, (server_args.api_key, server_args.admin_api_key)
+    if ns.mezo_perturb == "lowrank":
+        global _lowrank
+        if ns.mezo_rank > server_args.max_lora_rank:
+            raise SystemExit(f"sglang-mezo serve: --mezo-rank {ns.mezo_rank} exceeds --max-lora-rank "
+                             f"{server_args.max_lora_rank}: raise --max-lora-rank")
+        if server_args.max_loras_per_batch < 2:
+            raise SystemExit("sglang-mezo serve: --mezo-perturb lowrank needs --max-loras-per-batch >= 2 "
+                             "(one adapter per direction and sign)")
+        _lowrank = (ns.mezo_rank, server_args.tp_size, server_args.max_lora_rank, server_args.max_loras_per_batch)
     os.environ[POLICY_ENV] = policy.to_env()  # the schedulers, spawned below, enforce the same policy
     if not server_args.admin_api_key:
         if server_args.api_key:

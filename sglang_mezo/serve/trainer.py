@@ -27,12 +27,17 @@ log = logging.getLogger("sglang_mezo.serve")
 
 
 class ServedTrainer:
-    def __init__(self, backend, pause, resume, flush, perturb: str = "layerwise", policy: Policy | None = None):
+    def __init__(self, backend, pause, resume, flush, perturb: str = "layerwise", policy: Policy | None = None,
+                 rank: int | None = None):
         self.backend, self._pause, self._resume, self._flush = backend, pause, resume, flush
-        self.perturb = perturb
+        self.perturb, self.rank = perturb, rank
         self.policy = policy or Policy()   # restricted under `sglang-mezo serve` (requests over HTTP)
         self.pieces = select_trainable(backend.pieces, None)
-        self.weights = backend.weights(self.pieces, perturb)
+        if perturb == "lowrank":  # LoRA-adaptable matrices only; here only updates land (lowrank_ops.py)
+            from ..lowrank import adaptable
+
+            self.pieces = adaptable(self.pieces)[0]
+        self.weights = backend.weights(self.pieces, perturb, replay=perturb == "lowrank", rank=rank)
         self.records: list[StepRecord] = []
         self._data: dict = {}
         self._seed_rng = random.Random(0)
@@ -123,22 +128,29 @@ class ServedTrainer:
             exs, enc = self._encode(a, exs, single)
         except ValueError as e:  # TaskError too; a RequestError is re-raised as it is
             raise e if isinstance(e, RequestError) else RequestError(str(e)) from None
-        seeds = [self._seed_rng.getrandbits(32) if a.seed is None else (a.seed * 1000003 + len(self.records)
-                 * 7919 + q) % 2**32 for q in range(a.n_queries)]
+        seeds = self.step_seeds(a)
         t0 = time.perf_counter()
+        # lowrank over this RPC: adapters on the scheduler's own runner while paused (the HTTP route
+        # runs them as ordinary requests beside user traffic instead: lowrank_http.py)
+        weights = self.weights if self.perturb != "lowrank" else \
+            self.backend.weights(self.pieces, "lowrank", rank=self.rank)
         with self._exclusive():
-            rec = mezo_step(self.weights, lambda: objective(objectives.run_batch(self.backend, exs, enc)),
+            rec = mezo_step(weights, lambda: objective(objectives.run_batch(self.backend, exs, enc)),
                             seeds, cfg, len(self.records) + 1)
         self.records.append(rec)
         return {"step": rec.step, "loss_plus": rec.loss_plus, "loss_minus": rec.loss_minus,
                 "projected_grad": rec.grads, "seeds": rec.seeds, "time_s": time.perf_counter() - t0}
+
+    def step_seeds(self, a: StepArgs) -> list[int]:
+        return [self._seed_rng.getrandbits(32) if a.seed is None else (a.seed * 1000003 + len(self.records)
+                * 7919 + q) % 2**32 for q in range(a.n_queries)]
 
     def rollback(self, k: int) -> dict:
         if k > len(self.records):
             raise RequestError(f"cannot roll back {k} steps: only {len(self.records)} taken", 409)
         keep = self.records[: len(self.records) - k]
         with self._exclusive():
-            rewind(self.backend, self.pieces, self.perturb, keep)
+            rewind(self.backend, self.pieces, self.perturb, keep, self.rank)
         self.records = keep
         return {"steps": len(keep), "rolled_back": k}
 
@@ -166,7 +178,7 @@ class ServedTrainer:
         save_model(self.backend.model_path, state, self.backend.dtype, out / "model")
         dtype = str(self.backend.dtype).removeprefix("torch.")
         trajectory.write(out / "trajectory.jsonl", trajectory.make_header(
-            self.backend.model_path, dtype, self.pieces, "sglang-serve", self.perturb), self.records)
+            self.backend.model_path, dtype, self.pieces, "sglang-serve", self.perturb, rank=self.rank), self.records)
         return {"path": a.path if self.policy.restricted else str(out), "steps": len(self.records)}
 
     def status(self, checksum: bool = False) -> dict:
@@ -197,5 +209,9 @@ class ServedTrainer:
             return self.save(protocol.parse_save(args))
         if op == "status":
             return self.status(protocol.parse_status(args))
+        from . import lowrank_ops
+
+        if op in lowrank_ops.OPS:
+            return lowrank_ops.handle(self, op, args)
         raise RequestError(f"unknown operation {op!r}", 404)
 

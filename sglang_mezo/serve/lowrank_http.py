@@ -1,0 +1,119 @@
+"""HTTP side of a served low-rank step: the ±ε forwards are ordinary SGLang requests, never a pause.
+
+    plan    RPC lowrank_plan (scheduler: batch, seeds, adapted matrices; no forward)
+    load    2n fresh adapters (A = Vᵀ, B = ±ε·U/√r) through the tokenizer manager, as any LoRA load
+    score   ONE generate call: every example once per adapter (lora_path), return_logprob, one new token;
+            SGLang schedules these beside user traffic (radix KV is keyed by adapter id, and the ids are
+            fresh each step, so no perturbed request meets KV of other weights)
+    unload  the adapters
+    update  RPC lowrank_apply: the step's record applied in place — the only pause, one update long
+The losses and projected gradients are computed here with the same `estimate` as mezo_step, so the
+record replays bit-identically (`sglang-mezo replay`).
+"""
+from __future__ import annotations
+
+import time
+import uuid
+from dataclasses import asdict
+
+from .protocol import RequestError, parse_step
+
+
+class _Matrix:
+    def __init__(self, name, shape):
+        self.hf_name, self.hf_shape = name, tuple(shape)
+
+
+def _results(outs, reqs):
+    """ScoreResults from SGLang's per-request meta_info (token_ids_logprob / input_token_logprobs)."""
+    from ..backends.base import ScoreResult
+
+    res = []
+    for o, (ids, next_ids, t) in zip(outs, reqs):
+        meta = o["meta_info"]
+        nxt = []
+        if next_ids:
+            got = {tid: lp for lp, tid, *_ in meta["output_token_ids_logprobs"][0]}
+            nxt = [got[i] for i in next_ids]
+        span = [x[0] for x in meta["input_token_logprobs"][-t:]] if t else []
+        res.append(ScoreResult(nxt, span))
+    return res
+
+
+async def step(call, args: dict, tokenizer_manager, objective, rank: int, tp_size: int, max_rank: int,
+               max_loras: int) -> tuple[int, dict]:
+    """One low-rank step; `call(op, args)` reaches the schedulers, `objective` is the resolved callable."""
+    from sglang.srt.managers.io_struct import (GenerateReqInput, LoadLoRAAdapterFromTensorsReqInput,
+                                               UnloadLoRAAdapterReqInput)
+    from sglang.srt.utils import MultiprocessingSerializer
+
+    from .. import objectives
+    from ..backends.base import ScoreRequest
+    from ..lowrank import adapter_config, adapter_tensors, check_limits
+    from ..mezo import MeZOConfig, StepRecord, estimate, points
+    from ..tasks import Example
+
+    a = parse_step(args)
+    try:
+        cfg = MeZOConfig(lr=a.lr, eps=a.eps, weight_decay=a.weight_decay, estimator=a.estimator,
+                         n_queries=a.n_queries)
+        check_limits(rank, sum(sc != 0 for _, sc in points([0] * a.n_queries, cfg)), max_rank, max_loras)
+    except ValueError as e:
+        raise RequestError(str(e)) from None
+    t0 = time.perf_counter()
+    code, plan = await call("lowrank_plan", args)
+    if code != 200:
+        return code, plan
+    mats = [_Matrix(n, s) for n, s in plan["matrices"]]
+    rank, seeds, reqs = plan["rank"], plan["seeds"], plan["requests"]
+    conf = adapter_config(mats, rank)
+    names: list = []
+    loaded: list[str] = []
+    try:
+        for s, sc in points(seeds, cfg):
+            if sc == 0:  # the unperturbed loss: the served weights, no adapter
+                names.append(None)
+                continue
+            name = f"mezo-{uuid.uuid4().hex}"  # fresh per step: its KV can never be matched by another
+            blob = MultiprocessingSerializer.serialize(adapter_tensors(s, sc, mats, rank))
+            r = await tokenizer_manager.load_lora_adapter_from_tensors(LoadLoRAAdapterFromTensorsReqInput(
+                lora_name=name, config_dict=conf, serialized_named_tensors=[blob] * tp_size), None)
+            if not r.success:
+                raise RequestError(f"SGLang refused a low-rank adapter: {r.error_message}", 500)
+            loaded.append(name)
+            names.append(name)
+        t_load = time.perf_counter()
+        flat = [(q, n) for n in names for q in reqs]
+        gen = GenerateReqInput(
+            input_ids=[q[0] for q, _ in flat], lora_path=[n for _, n in flat],
+            sampling_params=[{"max_new_tokens": 1, "temperature": 0.0} for _ in flat],
+            return_logprob=[True] * len(flat),
+            # entry 0 (position start) comes back empty; entries after it are log p(ids[j] | ids[:j])
+            logprob_start_len=[len(q[0]) - q[2] - 1 if q[2] else len(q[0]) - 1 for q, _ in flat],
+            token_ids_logprob=[q[1] or None for q, _ in flat])
+        outs = await tokenizer_manager.generate_request(gen, None).__anext__()
+        t_fwd = time.perf_counter()
+    finally:
+        for name in loaded:
+            await tokenizer_manager.unload_lora_adapter(UnloadLoRAAdapterReqInput(lora_name=name), None)
+    import torch
+
+    enc = objectives.EncodedBatch([ScoreRequest(*q) for q in reqs], [tuple(w) for w in plan["where"]],
+                                  torch.tensor(plan["labels"]), plan["n_candidates"])
+    exs = [Example(**e) for e in plan["examples"]]
+    k = len(reqs)
+    losses = []
+    for i in range(len(names)):
+        res = _results(outs[i * k: (i + 1) * k], reqs)
+        v = float(objective(objectives.EngineOutputs(exs, enc.labels, objectives._scores(res, enc), res, enc)))
+        if v != v or v in (float("inf"), float("-inf")):
+            raise RequestError(f"objective returned {v}: step aborted, weights unchanged", 422)
+        losses.append(v)
+    grads, lp, lm = estimate(losses, cfg)
+    rec = StepRecord(plan["step"], seeds, grads, cfg.lr, cfg.eps, cfg.weight_decay, cfg.estimator, lp, lm)
+    code, res = await call("lowrank_apply", {"record": asdict(rec)})
+    if code != 200:
+        return code, res
+    return 200, {"step": rec.step, "loss_plus": lp, "loss_minus": lm, "projected_grad": grads, "seeds": seeds,
+                 "adapters": len(loaded), "load_s": t_load - t0, "forward_s": t_fwd - t_load,
+                 "update_s": res["update_s"], "time_s": time.perf_counter() - t0}

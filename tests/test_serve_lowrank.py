@@ -1,0 +1,132 @@
+"""`sglang-mezo serve --mezo-perturb lowrank`: the ±ε forwards are ordinary requests with adapter ids,
+scheduled beside user traffic; serving pauses only for each in-place update. Real server, tiny Llama."""
+import threading
+import time
+
+import pytest
+import requests
+import torch
+
+from serve_helpers import running_server
+from sglang_mezo.mezo import StepRecord, replay_step
+from sglang_mezo.tasks import Example
+
+RANK = 2
+EXAMPLES = [{"prompt": p + " It was", "candidates": [" terrible", " great"], "label": l}
+            for p, l in (("good fun movie", 1), ("awful boring plot", 0), ("very wonderful story", 1),
+                         ("bad acting", 0))]
+PROBE = {"text": "the movie was good It was", "sampling_params": {"max_new_tokens": 1, "temperature": 0},
+         "return_logprob": True, "logprob_start_len": 0}
+
+
+@pytest.fixture(scope="module")
+def save_dir(tmp_path_factory):
+    return tmp_path_factory.mktemp("saves")
+
+
+@pytest.fixture(scope="module")
+def server(tiny_model, save_dir, tmp_path_factory):
+    with running_server(tiny_model, tmp_path_factory.mktemp("serve") / "server.log", "--mezo-save-dir",
+                        str(save_dir), "--mezo-perturb", "lowrank", "--mezo-rank", str(RANK)) as url:
+        yield url
+
+
+def _post(url, path, body, expect=200):
+    r = requests.post(url + path, json=body, timeout=300)
+    assert r.status_code == expect, (path, r.status_code, r.text)
+    return r.json()
+
+
+def _probe_logprobs(out):
+    return [x[0] for x in out["meta_info"]["input_token_logprobs"][1:]]
+
+
+def test_served_lowrank_steps_equal_offline_merged_steps(server, tiny_model):
+    """Three served steps (ce, ce again on the same prompts, then lm: next-token and span log-probs)
+    equal the same steps on transformers with the directions merged (hf backend). The repeated prompts
+    would expose any KV reused from the previous step's adapters or weights."""
+    from sglang_mezo import objectives
+    from sglang_mezo.backends import make_backend
+    from sglang_mezo.mezo import MeZOConfig, estimate, points
+
+    hf = make_backend("hf", tiny_model)
+    w = hf.weights(hf.pieces, "lowrank", rank=RANK)
+    exs = [Example(**e) for e in EXAMPLES]
+    for i, (obj, est, n) in enumerate((("ce", "two_point", 2), ("ce", "fzoo", 3), ("lm", "two_point", 1))):
+        res = _post(server, "/mezo/step", {"examples": EXAMPLES, "lr": 5e-2, "eps": 1e-2, "n_queries": n,
+                                           "estimator": est, "objective": obj, "seed": 11 + i})
+        assert res["step"] == i + 1 and res["adapters"] == (2 * n if est == "two_point" else n)
+        enc = objectives.encode(exs, hf.tokenizer)
+        fn = objectives.get_objective(obj)
+        cfg = MeZOConfig(lr=5e-2, eps=1e-2, estimator=est, n_queries=n)
+        offline = estimate(w.losses_at(points(res["seeds"], cfg),
+                                       lambda: fn(objectives.run_batch(hf, exs, enc))), cfg)
+        served = (res["projected_grad"], res["loss_plus"], res["loss_minus"])
+        for a, b in zip(sum(offline[1:], []), sum(served[1:], [])):
+            assert abs(a - b) <= 1e-4, (i, offline, served)
+        replay_step(w, StepRecord(i + 1, res["seeds"], res["projected_grad"], 5e-2, 1e-2, 0.0, est,
+                                  res["loss_plus"], res["loss_minus"]))
+
+
+def test_users_never_see_perturbed_weights_and_wait_at_most_one_update(server, tiny_model, save_dir):
+    """Under continuous low-rank training, every probe equals an offline forward of a saved step's weights
+    (never an adapter's), and none waits longer than one update plus one batch."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from sglang_mezo.trajectory import replay
+
+    idle = []
+    for _ in range(5):
+        t = time.perf_counter()
+        _post(server, "/generate", PROBE)
+        idle.append(time.perf_counter() - t)
+    start = requests.get(server + "/mezo/status", timeout=60).json()["steps"]
+    _post(server, "/mezo/train", {"task": "sst2", "steps": 10, "lr": 5e-2, "eps": 1e-2, "batch_size": 8,
+                                  "n_queries": 2, "seed": 5, "interval_s": 0}, expect=202)
+    probes = []
+
+    def done():
+        return requests.get(server + "/mezo/status", timeout=60).json()
+
+    while True:
+        before = done()
+        t = time.perf_counter()
+        out = _post(server, "/generate", PROBE)
+        lat = time.perf_counter() - t
+        after = done()
+        probes.append((start + before["done"], start + after["done"], lat, _probe_logprobs(out)))
+        if not after["running"]:
+            break
+    prog = done()
+    assert prog["error"] is None and prog["done"] == 10
+    bound = prog["max_update_s"] + prog["max_forward_s"] + max(idle) + 1.0
+    assert max(p[2] for p in probes) <= bound, ([round(p[2], 3) for p in probes], prog, idle)
+    _post(server, "/mezo/save", {"path": "lowrank_run"})
+    traj = save_dir / "lowrank_run" / "trajectory.jsonl"
+    tok = AutoTokenizer.from_pretrained(tiny_model)
+    ids = torch.tensor([tok.encode(PROBE["text"])])
+    cache = {}
+
+    def offline(k):
+        if k not in cache:
+            m = AutoModelForCausalLM.from_pretrained(tiny_model, dtype=torch.float32)
+            m.load_state_dict(replay(tiny_model, traj, upto=k), strict=False)
+            with torch.no_grad():
+                lp = torch.log_softmax(m(ids).logits[0, :-1], -1).gather(1, ids[0, 1:, None])[:, 0]
+            cache[k] = lp.tolist()
+        return cache[k]
+
+    matched = set()
+    for b, a, _, lps in probes:
+        gaps = {k: max(abs(x - y) for x, y in zip(lps, offline(k))) for k in range(b, min(a + 1, start + 10) + 1)}
+        k = min(gaps, key=gaps.get)
+        assert gaps[k] <= 1e-5, (b, a, gaps)  # a perturbed forward would be ~1e-2 away
+        matched.add(k)
+    assert len(matched) >= 3, f"probes saw only steps {matched}: training and serving did not overlap"
+
+
+def test_bad_lowrank_request_is_refused_before_any_step(server):
+    before = requests.get(server + "/mezo/status", timeout=60).json()["steps"]
+    r = requests.post(server + "/mezo/step", json={"examples": EXAMPLES, "lr": 1e-3, "n_queries": 5}, timeout=60)
+    assert r.status_code == 400 and "--max-loras-per-batch" in r.text, r.text
+    assert requests.get(server + "/mezo/status", timeout=60).json()["steps"] == before

@@ -137,6 +137,11 @@ run_item pytest_gpu             60  90 $PY -m pytest -m gpu -q -p no:cacheprovid
 run_item step_overhead_$S_SMALL     60 120 $PY benchmarks/step_overhead.py $QUICK $B --llama $S_SMALL --batch 16,64 --repeats 5 --out-dir "$RES/step_overhead_$S_SMALL"
 run_item vs_mezo_reference_$S_MID   70 150 $PY benchmarks/vs_mezo_reference.py $QUICK $B --llama $S_MID --batch 16 --repeats 5 --out-dir "$RES/vs_mezo_reference_$S_MID"
 run_item eval_throughput_$S_SMALL   50 120 $PY benchmarks/eval_throughput.py $QUICK $B --llama $S_SMALL --n 128 --repeats 3 --out-dir "$RES/eval_throughput_$S_SMALL"
+# low-rank perturbations: 2n adapters vs none in one batch, SGLang's CUDA LoRA backend (triton; csgmv is
+# --lora-backend csgmv). SGLang engine only: there is no hf fallback for multi-LoRA batching.
+if [ "$BACKEND" = sglang ] || [ "$DRY" = 1 ]; then
+  run_item lowrank_triton_$S_SMALL 60 120 $PY benchmarks/lowrank.py $QUICK --llama $S_SMALL --ns 1,4,8 --ranks 4 --repeats 3 --lora-backend triton --out-dir "$RES/lowrank_triton_$S_SMALL"
+fi
 run_item memory_$S_MID             120 180 $PY benchmarks/memory.py $QUICK $B --llama $S_MID --steps 2 --only inference,mezo_layerwise,mezo_inplace,hf_inference,mezo_reference,noise_native --noise-elements ${GPU_CHECK_NOISE_ELEMENTS:-1073741824} --out-dir "$RES/memory_$S_MID"
 run_item drift_$S_SMALL             70 120 $PY benchmarks/drift.py $QUICK --llama $S_SMALL --cycles 10 --batch 2 --out-dir "$RES/drift_$S_SMALL"
 run_item step_overhead_$S_BIG      150 240 $PY benchmarks/step_overhead.py $QUICK $B --llama $S_BIG --batch 16,64 --repeats 3 --out-dir "$RES/step_overhead_$S_BIG"

@@ -28,6 +28,8 @@ def main():
     p.add_argument("--repeats", type=int, default=None, help="timed repeats (default 5; --quick 2)")
     p.add_argument("--ns", default="1,4,8", help="directions per forward (2n adapters)")
     p.add_argument("--ranks", default="4", help="adapter ranks to time at every n")
+    p.add_argument("--lora-backend", default=None,
+                   help="SGLang LoRA backend (default: torch_native on CPU, triton on CUDA; also csgmv, triton_v2)")
     args = p.parse_args()
     repeats = args.repeats or (2 if args.quick else 5)
     ns = [int(x) for x in args.ns.split(",")]
@@ -43,7 +45,8 @@ def main():
     B = 4 if args.quick else args.batch
     max_n = max(ns)
     backend = make_backend("sglang", model_path, args.dtype, max_total_tokens=32768,
-                           lora={"max_lora_rank": max(ranks), "max_loras_per_batch": 2 * max_n})
+                           lora={"max_lora_rank": max(ranks), "max_loras_per_batch": 2 * max_n,
+                                 **({"lora_backend": args.lora_backend} if args.lora_backend else {})})
     spec, exs = sst2(B)
     enc = objectives.encode(exs, backend.tokenizer, spec.single_token_labels)
     reqs = enc.requests
@@ -96,6 +99,7 @@ def main():
     tu = interleaved(upd, repeats=max(2, repeats // 2))
     out["update_ms"] = {k: v["median_ms"] for k, v in tu.items()}
     out["frozen_tensors"] = len(frozen)
+    out["lora_backend"] = backend.runner.lora_manager.lora_backend.__class__.__name__
     headers = ["rank", "n", "adapters", "requests", "no-adapter ms", "adapters ms", "throughput ratio",
                "full-rank 2n fwd ms", "batched speedup", "build ms", "unload+load ms"]
     md = table(rows, headers)

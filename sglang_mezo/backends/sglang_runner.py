@@ -60,8 +60,8 @@ class SGLangBackend(Backend):
         if not on_cuda:
             kw.update(device="cpu", attention_backend="torch_native", disable_cuda_graph=True)
         if lora:  # multi-LoRA for low-rank perturbations: lora = {max_lora_rank, max_loras_per_batch}
-            kw.update(enable_lora=True, lora_target_modules=list(LORA_TARGETS),
-                      lora_backend="torch_native" if not on_cuda else "triton", **lora)
+            kw.update({"enable_lora": True, "lora_target_modules": list(LORA_TARGETS),
+                       "lora_backend": "torch_native" if not on_cuda else "triton", **lora})
         sa = ServerArgs(**kw)
         sa.resolve_once()
         _set_envs_and_config(sa)

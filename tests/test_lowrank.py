@@ -86,3 +86,20 @@ def test_cli_train_and_replay(tmp_path, tiny_model):
     a, b = load_file(str(out / "model" / "model.safetensors")), load_file(str(tmp_path / "re" / "model.safetensors"))
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     assert last_json(p.stdout)["steps"] == 3
+
+
+def test_fzoo_estimator_is_one_sided_and_scaled_by_the_loss_spread():
+    import math
+
+    from sglang_mezo.mezo import MeZOConfig, estimate, points
+
+    cfg = MeZOConfig(lr=1e-3, eps=1e-2, estimator="fzoo", n_queries=3)
+    assert points([5, 6, 7], cfg) == [(5, 0.0), (5, 1e-2), (6, 1e-2), (7, 1e-2)]  # L0, then one-sided
+    l0, lp = 0.5, [0.7, 0.4, 0.6]
+    mean = sum(lp) / 3
+    sigma = math.sqrt(sum((x - mean) ** 2 for x in lp) / 3)
+    grads, plus, minus = estimate([l0] + lp, cfg)
+    assert grads == [(x - l0) / sigma for x in lp] and plus == lp and minus == [l0] * 3
+    assert estimate([l0, 0.6, 0.6, 0.6], cfg)[0] == [0.0, 0.0, 0.0]  # no spread: no step
+    with pytest.raises(ValueError, match="--n-queries >= 2"):
+        MeZOConfig(estimator="fzoo", n_queries=1)

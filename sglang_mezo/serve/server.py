@@ -379,6 +379,10 @@ def main(argv: list[str] | None = None) -> int:
             raise SystemExit("sglang-mezo serve: --mezo-perturb lowrank needs --max-loras-per-batch >= 2 "
                              "(one adapter per direction and sign)")
         _lowrank = (ns.mezo_rank, server_args.tp_size, server_args.max_lora_rank, server_args.max_loras_per_batch)
+        print(f"sglang-mezo serve: --mezo-perturb lowrank --mezo-rank {ns.mezo_rank}: steps train the "
+              "q/k/v/o/gate/up/down projections; embeddings, norms and lm_head stay frozen (SGLang's LoRA "
+              f"cannot adapt them); up to {server_args.max_loras_per_batch} adapters per step "
+              "(--max-loras-per-batch)", file=sys.stderr)
     os.environ[POLICY_ENV] = policy.to_env()  # the schedulers, spawned below, enforce the same policy
     if not server_args.admin_api_key:
         if server_args.api_key:

@@ -89,7 +89,8 @@ def child(kind: str, a: dict) -> dict:
         torch.set_num_threads(a["threads"])
     from sglang_mezo import objectives
     from sglang_mezo.backends import make_backend
-    from sglang_mezo.mezo import MeZOConfig, mezo_step
+    from sglang_mezo.mezo import mezo_step
+    from sglang_mezo.settings import Settings
     from sglang_mezo.noise import Add, sweep
 
     steps, dtype = a["steps"], a["dtype"]
@@ -135,7 +136,7 @@ def child(kind: str, a: dict) -> dict:
             mode = kind.split("_", 1)[1]
             weights = backend.weights(pieces, mode)
             loss = lambda: objectives.ce(objectives.candidate_scores(backend, enc), enc.labels)  # noqa: E731
-            cfg = MeZOConfig(lr=1e-6, eps=1e-3)
+            cfg = Settings(lr=1e-6, eps=1e-3)
 
             def wl():
                 for s in range(steps):

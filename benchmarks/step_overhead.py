@@ -37,13 +37,14 @@ def main():
 
     from sglang_mezo import objectives
     from sglang_mezo.backends import make_backend
-    from sglang_mezo.mezo import MeZOConfig, mezo_step
+    from sglang_mezo.mezo import mezo_step
+    from sglang_mezo.settings import Settings
     from sglang_mezo.noise import Add, Update, sweep
 
     backend = make_backend(args.backend, model_path, args.dtype)
     pieces = backend.pieces
     n_params = sum(p.view.numel() for p in pieces)
-    cfg = MeZOConfig(lr=args.lr, eps=args.eps)
+    cfg = Settings(lr=args.lr, eps=args.eps)
     weights = {m: backend.weights(pieces, m) for m in ("layerwise", "inplace")}
     print(f"model {model_path} ({n_params / 1e6:.1f} M params, {args.dtype}), backend {args.backend}, "
           f"{repeats} repeats, {torch.get_num_threads()} threads ({args.threads_note})")

@@ -149,3 +149,41 @@ def test_half_precision_layerwise_exact_inplace_drifts(tiny_model, dtype):
     assert counts["layerwise"] == 0
     assert counts["inplace"] > 1000, counts
 
+
+def test_layerwise_windows_never_nest():
+    """A module with weights of its own that runs another such module inside it would open one window
+    inside another (they share one scratch buffer): refused by name, every weight restored bit for bit.
+    The same perturbation on sequential windows works and also leaves the weights exact."""
+    from sglang_mezo.backends.base import Piece
+    from sglang_mezo.perturb import Layerwise
+
+    class Outer(torch.nn.Module):  # own weight, and a Linear (a window of its own) called inside it
+        def __init__(self):
+            super().__init__()
+            self.scale = torch.nn.Parameter(torch.ones(4))
+            self.inner = torch.nn.Linear(4, 4)
+
+        def forward(self, x):
+            return self.inner(x * self.scale)
+
+    torch.manual_seed(0)
+    layers = torch.nn.ModuleList([torch.nn.Linear(4, 4), torch.nn.Linear(4, 4)])
+    model = torch.nn.Module()
+    model.layers, model.outer = layers, Outer()
+    x = torch.randn(2, 4)
+
+    def pieces(*mods):
+        return [Piece(f"{i}.{n}", tuple(p.shape), p.data, (0,) * p.dim())
+                for i, m in enumerate(mods) for n, p in m.named_parameters()]
+
+    before = [p.detach().clone() for p in model.parameters()]
+    ok = Layerwise(pieces(*layers), list(layers), model=model)   # the two layers: one after the other
+    plus, minus = ok.losses(7, [1e-2, -1e-2], lambda: float(layers[1](layers[0](x)).sum()))
+    assert plus != minus and all(torch.equal(a, b) for a, b in zip(before, model.parameters()))
+
+    w = Layerwise(pieces(*layers, model.outer), list(layers), model=model)
+    assert len(w.windows) == 4  # two layers, Outer (its scale) and Outer.inner
+    with pytest.raises(RuntimeError, match="window Linear opened inside window Outer.*must not nest"):
+        w.losses(7, [1e-2], lambda: float(model.outer(layers[0](x)).sum()))
+    assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))
+    assert w._open is None

@@ -22,20 +22,12 @@ def main(argv: list[str] | None = None) -> int:
                    "(README: Security)")
     add_flags(sub.add_parser("train", help="fine-tune with MeZO (flags: settings.py, as /mezo/step's fields)"))
     e = sub.add_parser("eval", help="accuracy of a model on a task split (one JSON line)")
-    e.add_argument("--model", default=None)
-    e.add_argument("--num-labels", type=int, default=None, help="encoder without a head (as train)")
-    e.add_argument("--task", default="sst2")
+    add_flags(e, ("model", "num_labels", "task", "backend", "dtype", "seed", "data_dir", "chat_template",
+                  "max_new_tokens"))  # the settings eval shares with train
     e.add_argument("--split", default="test")
-    e.add_argument("--backend", default="sglang")
-    e.add_argument("--dtype", default="float32")
     e.add_argument("--limit", type=int, default=None,
                    help="N examples drawn with --seed (the same test subset `train --n-test N --seed S` uses)")
-    e.add_argument("--seed", type=int, default=42)
-    e.add_argument("--data-dir", default=None)
-    e.add_argument("--chat-template", action="store_true",
-                   help="wrap each prompt as a user turn with the tokenizer's chat template")
-    e.add_argument("--batch-size", type=int, default=64)
-    e.add_argument("--max-new-tokens", type=int, default=None, help="generation tasks (default: the task's)")
+    e.add_argument("--batch-size", dest="eval_batch_size", help="examples per engine batch (default: 64)")
     r = sub.add_parser("replay", help="rebuild trained weights from base model + trajectory")
     r.add_argument("--base", default=None, help="base model folder (default: the one in the trajectory)")
     r.add_argument("--trajectory", required=True)
@@ -72,13 +64,14 @@ def evaluate_cmd(args) -> dict:
     from .backends import make_backend
     from .models import is_encoder_model, resolve_model
 
+    split, limit, args = args.split, args.limit, from_flags(args)
     if is_encoder_model(args.model):  # class logits of a BERT / XLM-R classifier
         from .train_encoder import evaluate_encoder
 
-        return evaluate_encoder(args.model, args.task, args.split, args.backend, args.dtype, args.limit,
-                                args.seed, args.data_dir, args.batch_size, args.num_labels)
+        return evaluate_encoder(args.model, args.task, split, args.backend, args.dtype, limit,
+                                args.seed, args.data_dir, args.eval_batch_size, args.num_labels)
     spec = tasks.get_task(args.task)
-    examples = tasks.subsample(tasks.load_split(spec, args.split, args.data_dir), args.limit, args.seed)
+    examples = tasks.subsample(tasks.load_split(spec, split, args.data_dir), limit, args.seed)
     backend = make_backend(args.backend, resolve_model(args.model), args.dtype)
     if tasks.is_generation(spec):  # em, f1, the task's metric and the LM loss of the reference answers
         from . import reward_objectives
@@ -86,12 +79,12 @@ def evaluate_cmd(args) -> dict:
         if args.chat_template:
             examples = tasks.apply_chat_template(examples, backend.tokenizer)
         gen = {"max_new_tokens": args.max_new_tokens or spec.max_new_tokens, "stop": list(spec.stop)}
-        res = reward_objectives.evaluate(backend, examples, spec.metric, gen, args.batch_size, args.seed)
-        return {"task": spec.name, "split": args.split, "backend": args.backend, **res}
+        res = reward_objectives.evaluate(backend, examples, spec.metric, gen, args.eval_batch_size, args.seed)
+        return {"task": spec.name, "split": split, "backend": args.backend, **res}
     if args.chat_template:
         examples = tasks.apply_chat_template(examples, backend.tokenizer)
-    res = objectives.evaluate(backend, examples, spec.single_token_labels, args.batch_size)
-    return {"task": spec.name, "split": args.split, "backend": args.backend,
+    res = objectives.evaluate(backend, examples, spec.single_token_labels, args.eval_batch_size)
+    return {"task": spec.name, "split": split, "backend": args.backend,
             "chat_template": args.chat_template, **res}
 
 
@@ -107,8 +100,8 @@ def replay_cmd(args) -> dict:
     header, records = read(args.trajectory)
     base = resolve_model(args.base or header["base_model"])
     check_out(Path(args.out), overwrite=None)
-    weights = replay(base, args.trajectory, args.upto)
-    save_model(base, weights, hf_dtype(header["dtype"]), args.out)
+    state = replay(base, args.trajectory, args.upto)
+    save_model(base, state, hf_dtype(header["dtype"]), args.out)
     return {"out": args.out, "steps": len(records) if args.upto is None else args.upto}
 
 

@@ -43,8 +43,8 @@ class Settings:
     estimator: str = _s("two_point", "two_point | one_point", choices=("two_point", "one_point"), http=True)
     n_queries: int = _s(1, "n-SPSA: seeds per step, projected gradients averaged", 1, 64, http=True)
     # generation tasks
-    max_new_tokens: int | None = _s(None, "generation tasks: tokens per generation (default: the task's)",
-                                    1, 4096, http=True)
+    max_new_tokens: int | None = _s(None, "generation tasks: tokens per generation (default: the task's; "
+                                    "at most the model's context)", 1, 10**6, http=True)
     temperature: float = _s(0.0, "generation tasks: 0 = greedy", 0, 10, http=True)
     top_p: float = _s(1.0, "generation tasks: nucleus sampling", 1e-6, 1, http=True)
     watch: bool = _s(True, "generation tasks: measure only the optimised objective (not reward and LM loss)")
@@ -127,9 +127,10 @@ FIELDS = {f.name: f for f in fields(Settings)}
 HTTP_FIELDS = {n for n, f in FIELDS.items() if f.metadata["http"]}
 
 
-def add_flags(parser) -> None:
-    """One flag per setting; values are parsed by `from_flags`, so they are checked as JSON is."""
-    for name, f in FIELDS.items():
+def add_flags(parser, only=None) -> None:
+    """One flag per setting (or per setting in `only`); values are parsed by `from_flags`, so they are
+    checked as JSON is."""
+    for name, f in FIELDS.items() if only is None else ((n, FIELDS[n]) for n in only):
         flag, h = "--" + name.replace("_", "-"), f.metadata["help"]
         if f.type == "bool" and f.default:  # on by default: the flag turns it off
             parser.add_argument(f.metadata["flag"] or f"--no-{name.replace('_', '-')}", dest=name,
@@ -145,19 +146,12 @@ def from_flags(ns) -> Settings:
     """Settings from parsed flags: a number is converted here and checked by Settings (same messages)."""
     kw = {}
     for name, f in FIELDS.items():
-        v = getattr(ns, name)
-        if v is None or f.type == "bool":
-            if v is not None:
-                kw[name] = v
-            continue
-        kind = f.type.split(" |")[0]
-        if kind in ("int", "float"):
+        v, kind = getattr(ns, name, None), f.type.split(" |")[0]
+        if v is not None:
             try:
-                v = int(v) if kind == "int" else float(v)
-            except ValueError:
-                raise SettingError(f"{_name(f)} must be {'an integer' if kind == 'int' else 'a number'}, "
-                                   f"got {_short(v)}") from None
-        kw[name] = v
+                kw[name] = int(v) if kind == "int" else float(v) if kind == "float" else v
+            except ValueError:  # left as typed: Settings refuses the string as it refuses it in JSON
+                kw[name] = v
     return Settings(**kw)
 
 

@@ -20,7 +20,8 @@ from typing import Callable, NamedTuple, Sequence
 
 import torch
 
-from .noise import Add, Update, sweep
+from .noise import Add, Update
+from .noise_sweep import sweep
 
 
 class ObjectiveError(ArithmeticError):
@@ -37,7 +38,7 @@ def _finite(v) -> float:
 class InPlace:
     name = "inplace"
 
-    def __init__(self, pieces, on_change: Callable[[], None] = lambda: None, replay: bool = False):
+    def __init__(self, pieces, on_change: Callable[[], None] = lambda: None):
         self.pieces, self.on_change, self._pending = pieces, on_change, None
 
     def _sweep(self, seed, *ops):
@@ -86,10 +87,6 @@ class Window(NamedTuple):
     bit for bit by its forward hook."""
     module: torch.nn.Module
     pieces: list
-
-    @property
-    def name(self) -> str:
-        return type(self.module).__name__
 
 
 class Layerwise:
@@ -178,8 +175,9 @@ class Layerwise:
         # windows are modules outside them; a model where one window's module runs inside another's is
         # refused here instead of silently corrupting the weights.
         if self._open is not None:
-            raise RuntimeError(f"layer-wise perturbation: window {window.name} opened inside window "
-                               f"{self._open[0].name}; windows share one scratch buffer and must not nest "
+            raise RuntimeError(f"layer-wise perturbation: window {type(window.module).__name__} opened "
+                               f"inside window {type(self._open[0].module).__name__}; windows share one "
+                               "scratch buffer and must not nest "
                                "(use --perturb inplace for this model)")
         restore = ExitStack()
         self._open = (window, restore)
@@ -222,5 +220,5 @@ def make(mode: str, pieces, layers=None, on_change=lambda: None, replay: bool = 
             raise ValueError("exact layer-wise perturbation needs the model's decoder layer list")
         return Layerwise(pieces, layers or [], on_change, replay, model)
     if mode == "inplace":
-        return InPlace(pieces, on_change, replay)
+        return InPlace(pieces, on_change)  # deterministic: replay runs the same arithmetic
     raise ValueError(f"unknown perturbation mode {mode!r}: choose 'layerwise' or 'inplace'")

@@ -39,7 +39,6 @@ def main():
 
     from sglang_mezo import lowrank, objectives
     from sglang_mezo.backends import make_backend
-    from sglang_mezo.backends.sglang_runner import LoRAAdapters
     from sglang_mezo.lowrank import adapter_config, adapter_tensors
 
     B = 4 if args.quick else args.batch
@@ -105,7 +104,7 @@ def main():
     md = table(rows, headers)
     out["machine_start"] = start
     path = write_result("lowrank", {"throughput": out, **_other_sections(args.out_dir)}, args.out_dir)
-    note = (f"\n\nUpdate per step (ms, median): " + ", ".join(f"{k} {v:.0f}" for k, v in out["update_ms"].items()) +
+    note = ("\n\nUpdate per step (ms, median): " + ", ".join(f"{k} {v:.0f}" for k, v in out["update_ms"].items()) +
             f"\n\nmodel {model_path}, B = {B} SST-2 prompts repeated per adapter, float32, "
             f"{args.threads} threads; commit {start['git_commit']}, load {start['loadavg_1_5_15']}\n")
     _write_md(args.out_dir, "throughput", "## (a) A batch carrying 2n adapters vs the same batch with none\n\n" + md + note)

@@ -21,34 +21,7 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 from .perturb import ObjectiveError, losses_at  # noqa: F401  (ObjectiveError: part of the step's contract)
-
-ESTIMATORS = ("two_point", "one_point", "fzoo")
-
-
-@dataclass
-class MeZOConfig:
-    lr: float = 1e-6
-    eps: float = 1e-3
-    weight_decay: float = 0.0
-    estimator: str = "two_point"      # "two_point" (Algorithm 1), "one_point" or "fzoo"
-    n_queries: int = 1                # n-SPSA: seeds per step, projected gradients averaged
-
-    def __post_init__(self):
-        for k in ("lr", "eps", "weight_decay"):
-            v = getattr(self, k)
-            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
-                raise ValueError(f"{k} must be a finite number, got {v!r}")
-        if self.eps <= 0:
-            raise ValueError(f"eps must be > 0, got {self.eps}")
-        if self.lr < 0 or self.weight_decay < 0:
-            raise ValueError("lr and weight_decay must be >= 0")
-        if self.estimator not in ESTIMATORS:
-            raise ValueError(f"estimator must be one of {ESTIMATORS}, got {self.estimator!r}")
-        if isinstance(self.n_queries, bool) or not isinstance(self.n_queries, int) or self.n_queries < 1:
-            raise ValueError(f"n_queries must be an integer >= 1, got {self.n_queries!r}")
-        if self.estimator == "fzoo" and self.n_queries < 2:
-            raise ValueError("estimator fzoo scales the step by the spread of the batch's losses: it needs "
-                             f"--n-queries >= 2, got {self.n_queries}")
+from .settings import Settings
 
 
 @dataclass
@@ -69,19 +42,19 @@ class StepRecord:
     def loss(self) -> float:
         return sum(self.loss_plus + self.loss_minus) / (len(self.loss_plus) + len(self.loss_minus))
 
-    def config(self) -> MeZOConfig:
-        return MeZOConfig(lr=self.lr, eps=self.eps, weight_decay=self.weight_decay,
-                          estimator=self.estimator, n_queries=len(self.seeds))
+    def config(self) -> Settings:
+        return Settings(lr=self.lr, eps=self.eps, weight_decay=self.weight_decay,
+                        estimator=self.estimator, n_queries=len(self.seeds))
 
 
-def points(seeds: list[int], cfg: MeZOConfig) -> list[tuple[int, float]]:
+def points(seeds: list[int], cfg: Settings) -> list[tuple[int, float]]:
     """Where the step evaluates the loss, as (seed, scale): θ + scale·z(seed)."""
     if cfg.estimator == "two_point":
         return [(s, e) for s in seeds for e in (cfg.eps, -cfg.eps)]   # L(θ+εz), L(θ−εz) per seed
     return [(seeds[0], 0.0)] + [(s, cfg.eps) for s in seeds]          # L(θ), then L(θ+εz) per seed
 
 
-def estimate(losses: list[float], cfg: MeZOConfig) -> tuple[list[float], list[float], list[float]]:
+def estimate(losses: list[float], cfg: Settings) -> tuple[list[float], list[float], list[float]]:
     """(projected gradients, L+ per seed, L− or L0 per seed) from the losses at `points`."""
     if cfg.estimator == "two_point":
         lp, lm = losses[0::2], losses[1::2]
@@ -94,9 +67,10 @@ def estimate(losses: list[float], cfg: MeZOConfig) -> tuple[list[float], list[fl
     return [(a - l0) / sigma if sigma > 0 else 0.0 for a in lp], lp, [l0] * len(lp)
 
 
-def mezo_step(weights, loss: Callable[[], float], seeds: list[int], cfg: MeZOConfig, step: int = 0
+def mezo_step(weights, loss: Callable[[], float], seeds: list[int], cfg: Settings, step: int = 0
               ) -> StepRecord:
-    """One MeZO step; `loss()` runs a forward pass on whatever weights the engine holds right now."""
+    """One MeZO step (cfg: lr, eps, weight_decay, estimator, n_queries); `loss()` runs a forward pass on
+    whatever weights the engine holds right now."""
     if len(seeds) != cfg.n_queries:
         raise ValueError(f"{cfg.n_queries} queries need {cfg.n_queries} seeds, got {len(seeds)}")
     grads, lp, lm = estimate(losses_at(weights, points(seeds, cfg), loss), cfg)

@@ -20,7 +20,8 @@ def main(model: str, out: str) -> dict:
 
     from sglang_mezo import lowrank, objectives, trajectory
     from sglang_mezo.backends import make_backend
-    from sglang_mezo.mezo import MeZOConfig, mezo_step
+    from sglang_mezo.mezo import mezo_step
+    from sglang_mezo.settings import Settings
     from sglang_mezo.tasks import Example
 
     res: dict = {}
@@ -55,7 +56,7 @@ def main(model: str, out: str) -> dict:
 
     sgl._forward = counted
     for est, n in (("two_point", 4), ("fzoo", 4), ("one_point", 2)):
-        cfg = MeZOConfig(lr=5e-2, eps=EPS, estimator=est, n_queries=n, weight_decay=0.01)
+        cfg = Settings(lr=5e-2, eps=EPS, estimator=est, n_queries=n, weight_decay=0.01)
         recs = {}
         for name, b in (("sgl", sgl), ("hf", hf)):
             b.load_base()

@@ -1,6 +1,5 @@
 """`sglang-mezo serve --mezo-perturb lowrank`: the ±ε forwards are ordinary requests with adapter ids,
 scheduled beside user traffic; serving pauses only for each in-place update. Real server, tiny Llama."""
-import threading
 import time
 
 import pytest
@@ -47,7 +46,8 @@ def test_served_lowrank_steps_equal_offline_merged_steps(server, tiny_model):
     would expose any KV reused from the previous step's adapters or weights."""
     from sglang_mezo import objectives
     from sglang_mezo.backends import make_backend
-    from sglang_mezo.mezo import MeZOConfig, estimate, points
+    from sglang_mezo.mezo import estimate, points
+    from sglang_mezo.settings import Settings
 
     hf = make_backend("hf", tiny_model)
     w = hf.weights(hf.pieces, "lowrank", rank=RANK)
@@ -58,7 +58,7 @@ def test_served_lowrank_steps_equal_offline_merged_steps(server, tiny_model):
         assert res["step"] == i + 1 and res["adapters"] == (2 * n if est == "two_point" else n)
         enc = objectives.encode(exs, hf.tokenizer)
         fn = objectives.get_objective(obj)
-        cfg = MeZOConfig(lr=5e-2, eps=1e-2, estimator=est, n_queries=n)
+        cfg = Settings(lr=5e-2, eps=1e-2, estimator=est, n_queries=n)
         offline = estimate(w.losses_at(points(res["seeds"], cfg),
                                        lambda: fn(objectives.run_batch(hf, exs, enc))), cfg)
         served = (res["projected_grad"], res["loss_plus"], res["loss_minus"])

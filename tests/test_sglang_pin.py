@@ -58,3 +58,24 @@ def test_tp_internals_used_by_layout_and_the_plugin():
     assert "self.tp_group = get_parallel().tp_group" in inspect.getsource(Scheduler)
     for name in ("rank_in_group", "world_size", "ranks", "cpu_group", "all_gather_object"):
         assert name in inspect.getsource(GroupCoordinator), name
+
+
+def test_seam_used_by_the_plugin_and_the_server():
+    """plugin.py: SGLang loads plugins (and applies HookRegistry's hooks) at the start of every scheduler
+    process; its hook on Scheduler.handle_rpc_request answers in RpcReqOutput.message, which the scheduler
+    sends back over the RPC socket. server.py opens that socket through launch_server's public
+    init_tokenizer_manager_func, which receives the PortArgs."""
+    from sglang.srt.entrypoints import http_server
+    from sglang.srt.managers import scheduler
+    from sglang.srt.managers.io_struct import RpcReqInput, RpcReqOutput
+
+    assert "load_plugins()" in inspect.getsource(scheduler.run_scheduler_process)
+    handler = inspect.getsource(scheduler.Scheduler.handle_rpc_request)
+    assert "getattr(self, recv_req.method)" in handler and "barrier(group=self.tp_group.cpu_group)" in handler
+    assert "sock_send(self.ipc_channels.recv_from_rpc, output)" in inspect.getsource(scheduler.Scheduler)
+    assert {"success", "message"} <= set(RpcReqOutput.__struct_fields__)
+    assert {"method", "parameters"} <= set(RpcReqInput.__struct_fields__)
+    params = inspect.signature(http_server.launch_server).parameters
+    assert "init_tokenizer_manager_func" in params
+    assert list(inspect.signature(params["init_tokenizer_manager_func"].default).parameters)[:2] == [
+        "server_args", "port_args"]

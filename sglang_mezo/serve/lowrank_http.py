@@ -50,14 +50,12 @@ async def step(call, args: dict, tokenizer_manager, objective, rank: int, tp_siz
     from .. import objectives
     from ..backends.base import ScoreRequest
     from ..lowrank import adapter_config, adapter_tensors, check_limits
-    from ..mezo import MeZOConfig, StepRecord, estimate, points
+    from ..mezo import StepRecord, estimate, points
     from ..tasks import Example
 
-    a = parse_step(args)
+    cfg = parse_step(args).settings  # lr, eps, weight_decay, estimator, n_queries (checked there)
     try:
-        cfg = MeZOConfig(lr=a.lr, eps=a.eps, weight_decay=a.weight_decay, estimator=a.estimator,
-                         n_queries=a.n_queries)
-        check_limits(rank, sum(sc != 0 for _, sc in points([0] * a.n_queries, cfg)), max_rank, max_loras)
+        check_limits(rank, sum(sc != 0 for _, sc in points([0] * cfg.n_queries, cfg)), max_rank, max_loras)
     except ValueError as e:
         raise RequestError(str(e)) from None
     t0 = time.perf_counter()

@@ -24,21 +24,21 @@ def _lowrank(trainer) -> None:
 
 
 def plan(trainer, d) -> dict:
+    from ..settings import step_seeds
+
     _lowrank(trainer)
     a = parse_step(d)
+    s = a.settings
     if a.examples and "answers" in a.examples[0]:
         raise RequestError("low-rank steps take classification examples (prompt, candidates, label)")
     try:
-        from ..mezo import MeZOConfig
-
-        MeZOConfig(lr=a.lr, eps=a.eps, weight_decay=a.weight_decay, estimator=a.estimator, n_queries=a.n_queries)
-        trainer.policy.objective(a.objective)
+        trainer.policy.objective(s.objective or "ce")
         exs, single = trainer._batch(a)
         exs, enc = trainer._encode(a, exs, single)
     except ValueError as e:
         raise e if isinstance(e, RequestError) else RequestError(str(e)) from None
-    seeds = trainer.step_seeds(a)
-    return {"step": len(trainer.records) + 1, "seeds": seeds, "rank": trainer.rank,
+    step = len(trainer.records) + 1
+    return {"step": step, "seeds": step_seeds(s.seed, step, s.n_queries), "rank": trainer.rank,
             "requests": [[list(r.ids), list(r.next_ids), r.target_len] for r in enc.requests],
             "where": [list(w) for w in enc.where], "labels": enc.labels.tolist(), "n_candidates": enc.n_candidates,
             "examples": [asdict(e) for e in exs],

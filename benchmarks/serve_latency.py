@@ -52,6 +52,7 @@ def main():
     ap.add_argument("--perturbs", default="layerwise,lowrank", help="modes to measure, one server each")
     ap.add_argument("--rank", type=int, default=4, help="lowrank: rank of each direction")
     ap.add_argument("--n-queries", type=int, default=1, help="directions per step (lowrank: 2n adapters)")
+    ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "serve_latency.json"))
     args = ap.parse_args()
     sys.path.insert(0, str(ROOT))
     from sglang_mezo.models import make_tiny_llama
@@ -70,7 +71,7 @@ def main():
         print(f"  {res['perturb']}: {res['steps_during_measurement']} steps while measuring; p50 x"
               f"{res['p50_ratio']:.2f}, p99 x{res['p99_ratio']:.2f}, max x{res['max_ratio']:.2f}")
         res["machine"] = info
-    out = ROOT / "benchmarks" / "results" / "serve_latency.json"
+    out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     runs = json.loads(out.read_text()).get("runs", []) if out.exists() else []
     key = lambda r: (r.get("perturb", "layerwise"), r["interval_s"])  # noqa: E731

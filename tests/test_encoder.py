@@ -132,7 +132,8 @@ def test_headless_encoder_gets_seeded_head(tmp_path):
     assert all(-1 <= v <= 0 and abs(v * 8 - round(v * 8)) < 1e-9 for v in losses)
     head = json.loads((Path(r["model"]) / "config.json").read_text())
     assert head["architectures"] == ["BertForSequenceClassification"]
-    assert head["sglang_mezo_head"] == {"source": str(Path(enc).resolve()), "seed": 0, "num_labels": 2}
+    assert head["sglang_mezo_head"] == {"source": str(Path(enc).resolve()), "seed": 0, "num_labels": 2,
+                                      "pooling": "cls"}  # no sentence-transformers pooling config
     header = json.loads((out / "trajectory.jsonl").read_text().splitlines()[0])
     assert header["trainable_names"] == ["classifier.weight", "classifier.bias"]
     assert header["base_model"] == r["model"]

@@ -15,11 +15,13 @@ from typing import Sequence
 
 import torch
 
-from . import layout
+from . import layout, mean_pool_sglang
 from .base import Backend, BackendError, Piece, ScoreRequest, hf_dtype
+from .mean_pool_hf import ARCH as MEAN_POOL_ARCH
 from .sglang_runner import SGLangBackend
 
-CLASSIFIER_ARCHS = ("BertForSequenceClassification", "XLMRobertaForSequenceClassification")
+# the mean-pooled BERT head (mean_pool_*.py) is ours; the others are SGLang's and transformers' own
+CLASSIFIER_ARCHS = ("BertForSequenceClassification", "XLMRobertaForSequenceClassification", MEAN_POOL_ARCH)
 HEADLESS_ARCHS = ("BertModel", "XLMRobertaModel")
 ENCODER_PACKED = {"self_attn.qkv_proj": ["self.query", "self.key", "self.value"]}
 
@@ -94,6 +96,7 @@ class SGLangEncoderBackend(EncoderBackend, SGLangBackend):
         override = {"sbert_ce_default_activation_function": None,
                     "position_embedding_type": cfg.get("position_embedding_type", "absolute")}
         sa = {"json_model_override_args": json.dumps(override), **kw.pop("server_args", {})}
+        mean_pool_sglang.register()
         super().__init__(model_path, dtype, server_args=sa, **kw)
 
     def _attach(self, runner, tokenizer, model_path, verify_layout, max_total_tokens):
@@ -105,6 +108,11 @@ class SGLangEncoderBackend(EncoderBackend, SGLangBackend):
         self.max_len = min(runner.model_config.context_len, runner.model_config.hf_config.max_position_embeddings)
         self.max_tokens = self.max_batch_tokens = min(max_total_tokens, runner.max_total_num_tokens) - 8
         self.max_reqs = max(1, runner.req_to_token_pool.size - 1)
+        archs = list(runner.model_config.hf_config.architectures or [])
+        if archs[:1] == [MEAN_POOL_ARCH] and type(self.model).__name__ != MEAN_POOL_ARCH:
+            raise BackendError(f"{model_path} is a mean-pooled classifier but SGLang built "
+                               f"{type(self.model).__name__} (CLS pooler): register the model class first "
+                               "(backends/mean_pool_sglang.register; the sglang_mezo plugin does it)")
         act = getattr(getattr(self.model, "pooler", None), "default_activation_function", None)
         if act is not None and not isinstance(act, torch.nn.Identity):
             raise BackendError(f"SGLang applies {act} to this model's logits; the objective needs raw logits")

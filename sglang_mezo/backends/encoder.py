@@ -48,6 +48,27 @@ def check_classifier(model_path: str) -> int:
     return n
 
 
+def serve_flags(argv: list[str]) -> list[str]:
+    """sglang.launch_server flags `sglang-mezo serve` adds for an encoder classifier (none for others).
+
+    - `--disable-radix-cache`: measured with SGLang 0.5.23 on CPU, a served BertForSequenceClassification
+      answers /classify with wrong logits while the radix cache is on (text and token-id requests for the
+      same tokens disagree with each other and with transformers); off, they equal transformers' to 1e-6.
+      A classifier's one-shot prefills gain nothing from prefix reuse anyway.
+    - `position_embedding_type` through --json-model-override-args when the folder lacks it (transformers 5
+      stopped writing it; SGLang's bert.py reads it and fails to build the model without it).
+    """
+    path = next((a.split("=", 1)[1] if "=" in a else argv[i + 1] for i, a in enumerate(argv)
+                 if a.split("=", 1)[0] in ("--model-path", "--model") and ("=" in a or i + 1 < len(argv))), None)
+    if not path or not is_encoder(path):
+        return []
+    extra = [] if "--disable-radix-cache" in argv else ["--disable-radix-cache"]
+    cfg = json.loads((Path(path) / "config.json").read_text())
+    if "position_embedding_type" not in cfg and not any(a.startswith("--json-model-override-args") for a in argv):
+        extra += ["--json-model-override-args", json.dumps({"position_embedding_type": "absolute"})]
+    return extra
+
+
 class EncoderBackend(Backend):
     """What an encoder adds to the interface: class logits. Token log-probs do not exist here."""
     num_labels: int
@@ -100,6 +121,7 @@ class SGLangEncoderBackend(EncoderBackend, SGLangBackend):
         super().__init__(model_path, dtype, server_args=sa, **kw)
 
     def _attach(self, runner, tokenizer, model_path, verify_layout, max_total_tokens):
+        self.num_labels = check_classifier(model_path)  # also reached by attach() in a serving scheduler
         self.runner, self.tokenizer = runner, tokenizer
         self.model = runner.model
         self.model_path = model_path
@@ -115,7 +137,9 @@ class SGLangEncoderBackend(EncoderBackend, SGLangBackend):
                                "(backends/mean_pool_sglang.register; the sglang_mezo plugin does it)")
         act = getattr(getattr(self.model, "pooler", None), "default_activation_function", None)
         if act is not None and not isinstance(act, torch.nn.Identity):
-            raise BackendError(f"SGLang applies {act} to this model's logits; the objective needs raw logits")
+            raise BackendError(f"SGLang applies {act} to this model's logits; the objective needs raw logits: "
+                               "serve it with --json-model-override-args "
+                               "'{\"sbert_ce_default_activation_function\": null}'")
         # SGLang allocates embeddings.position_ids as a Parameter but takes positions from the batch
         self._pieces = layout.engine_pieces(self.model, layout.checkpoint_shapes(model_path), ENCODER_PACKED,
                                             skip=("position_ids",))

@@ -65,8 +65,7 @@ def generation_step(trainer, a: StepArgs) -> dict:
     except ValueError as e:  # TaskError, RewardError; a RequestError is re-raised as it is
         raise e if isinstance(e, RequestError) else RequestError(str(e)) from None
     step = len(trainer.records) + 1
-    seeds = [trainer._seed_rng.getrandbits(32) if a.seed is None else (a.seed * 1000003 + len(trainer.records)
-             * 7919 + q) % 2**32 for q in range(a.n_queries)]
+    seeds = trainer.seeds(a)
     m = ro.Measure(trainer.backend, batch, objective, reward_name, reward_fn, gen, seed=seeds[0], watch=False)
     t0 = time.perf_counter()
     try:

@@ -17,7 +17,10 @@ log = logging.getLogger("sglang_mezo.serve")
 def register() -> None:
     from sglang.srt.managers.scheduler import Scheduler
 
+    from ..backends import register_models
+
     Scheduler.mezo_call = mezo_call
+    register_models()  # before the scheduler builds its model: the mean-pooled classifier is ours
 
 
 def _get_trainer(sched):
@@ -25,13 +28,13 @@ def _get_trainer(sched):
     if _trainer is None:
         from sglang.srt.managers.io_struct import ContinueGenerationReqInput, PauseGenerationReqInput
 
-        from ..backends.sglang_runner import SGLangBackend
+        from ..backends import attach_backend
         from .policy import Policy
         from .trainer import ServedTrainer
 
         runner = sched.tp_worker.model_runner
-        backend = SGLangBackend.attach(runner, sched.tokenizer, sched.server_args.model_path,
-                                       group=sched.tp_group)  # TP ranks gather through SGLang's own group
+        backend = attach_backend(runner, sched.tokenizer, sched.server_args.model_path,
+                                 group=sched.tp_group)  # TP ranks gather through SGLang's own group
 
         def flush():
             if not sched.flush_cache(empty_cache=False):

@@ -50,6 +50,9 @@ class ServedTrainer:
     def _batch(self, a: StepArgs):
         """The step's examples and whether their candidates are single tokens."""
         if a.examples is not None:
+            if any("candidates" not in e for e in a.examples):
+                raise RequestError("examples without 'candidates' give class ids for an encoder classifier; "
+                                   "the served model is a language model: give each example its 'candidates'")
             exs = [tasks.Example(e["prompt"], list(e["candidates"]), int(e["label"])) for e in a.examples]
             single = all(len(self.backend.tokenizer.encode(c, add_special_tokens=False)) == 1
                          for e in exs for c in e.candidates)
@@ -111,8 +114,11 @@ class ServedTrainer:
         return min(x for x in limits if x) if any(limits) else 1 << 30
 
     def step(self, a: StepArgs) -> dict:
+        from .encoder_step import encoder_step
         from .generation import generation_step, is_generation_request
 
+        if getattr(self.backend, "num_labels", None):  # an encoder classifier: class logits, no tokens
+            return encoder_step(self, a)
         if is_generation_request(self, a):  # a reward on the engine's generations, or lm on answers
             return generation_step(self, a)
         try:
@@ -123,8 +129,7 @@ class ServedTrainer:
             exs, enc = self._encode(a, exs, single)
         except ValueError as e:  # TaskError too; a RequestError is re-raised as it is
             raise e if isinstance(e, RequestError) else RequestError(str(e)) from None
-        seeds = [self._seed_rng.getrandbits(32) if a.seed is None else (a.seed * 1000003 + len(self.records)
-                 * 7919 + q) % 2**32 for q in range(a.n_queries)]
+        seeds = self.seeds(a)
         t0 = time.perf_counter()
         with self._exclusive():
             rec = mezo_step(self.weights, lambda: objective(objectives.run_batch(self.backend, exs, enc)),
@@ -132,6 +137,11 @@ class ServedTrainer:
         self.records.append(rec)
         return {"step": rec.step, "loss_plus": rec.loss_plus, "loss_minus": rec.loss_minus,
                 "projected_grad": rec.grads, "seeds": rec.seeds, "time_s": time.perf_counter() - t0}
+
+    def seeds(self, a: StepArgs) -> list[int]:
+        """The step's noise seeds: drawn, or a function of the request's seed and the step number."""
+        return [self._seed_rng.getrandbits(32) if a.seed is None else (a.seed * 1000003 + len(self.records)
+                * 7919 + q) % 2**32 for q in range(a.n_queries)]
 
     def rollback(self, k: int) -> dict:
         if k > len(self.records):

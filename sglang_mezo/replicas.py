@@ -90,7 +90,7 @@ class RemoteWeights:
         self.coord = coord
 
     def losses(self, seed: int, scales, loss) -> list[float]:
-        per = self.coord.each("losses", lambda r, ex: r.client.losses(seed, list(scales), examples=ex,
+        per = self.coord.each("/mezo/losses", lambda r, ex: r.client.losses(seed, list(scales), examples=ex,
                                                                         **self.coord.body))
         n = [p["n"] for p in per]
         return [combine([p["losses"][j] for p in per], n) for j in range(len(scales))]

@@ -21,11 +21,12 @@ def free_port() -> int:
 
 
 @contextmanager
-def running_server(model: str, log_path, *extra: str, env: dict | None = None, start_timeout: float = 180):
+def running_server(model: str, log_path, *extra: str, env: dict | None = None, start_timeout: float = 180,
+                   launcher: tuple = ("-m", "sglang_mezo", "serve")):
     """Yields the base URL once /health answers; the process group is stopped afterwards."""
     port = free_port()
     log = open(log_path, "w")
-    proc = subprocess.Popen([sys.executable, "-m", "sglang_mezo", "serve", "--model-path", model,
+    proc = subprocess.Popen([sys.executable, *map(str, launcher), "--model-path", model,
                              "--host", "127.0.0.1", "--port", str(port), "--dtype", "float32",
                              "--log-level", "warning", *extra], cwd=str(ROOT), stdout=log,
                             stderr=subprocess.STDOUT, start_new_session=True, env={**os.environ, **(env or {})})

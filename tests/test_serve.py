@@ -200,3 +200,21 @@ def test_engine_trainer_on_sglang_engine(tiny_model):
     res = last_json(run_py(["tests/engine_trainer_check.py", tiny_model]).stdout)
     assert res["steps"] == [1, 2, 3] and res["changed"] and res["restored"]
     assert res["bad_status"] == 400 and res["status"]["steps"] == 0
+
+
+def test_results_come_back_over_sglang_rpc_not_a_shared_tmpdir(tiny_model, tmp_path):
+    """The schedulers' TMPDIR differs from the HTTP process's, and the HTTP process's temporary directory
+    is gone before the step: a result handed over through a file there could not arrive."""
+    import math
+
+    http_tmp, sched_tmp = tmp_path / "http_tmp", tmp_path / "sched_tmp"
+    http_tmp.mkdir()
+    sched_tmp.mkdir()
+    with running_server(tiny_model, tmp_path / "server.log",
+                        launcher=("tests/serve_split_tmp.py", http_tmp, sched_tmp)) as url:
+        assert requests.get(url + "/mezo/status", timeout=300).json()["steps"] == 0
+        http_tmp.rename(tmp_path / "http_tmp_gone")  # (SGLang's sockets there are connected already)
+        res = _post(url, "/mezo/step", STEP)
+        assert res["step"] == 1 and all(map(math.isfinite, res["loss_plus"] + res["loss_minus"]))
+        assert requests.get(url + "/mezo/status", timeout=300).json()["steps"] == 1
+        assert _post(url, "/mezo/step", {**STEP, "lr": 2.0}, expect=400)["error"].startswith("field 'lr'")

@@ -58,3 +58,43 @@ def test_tp_internals_used_by_layout_and_the_plugin():
     assert "self.tp_group = get_parallel().tp_group" in inspect.getsource(Scheduler)
     for name in ("rank_in_group", "world_size", "ranks", "cpu_group", "all_gather_object"):
         assert name in inspect.getsource(GroupCoordinator), name
+
+
+def test_seam_used_by_the_plugin_and_the_server():
+    """plugin.py: SGLang loads plugins (and applies HookRegistry's hooks) at the start of every scheduler
+    process; its hook on Scheduler.handle_rpc_request answers in RpcReqOutput.message, which the scheduler
+    sends back over the RPC socket. server.py opens that socket through launch_server's public
+    init_tokenizer_manager_func, which receives the PortArgs."""
+    from sglang.srt.entrypoints import http_server
+    from sglang.srt.managers import scheduler
+    from sglang.srt.managers.io_struct import RpcReqInput, RpcReqOutput
+
+    assert "load_plugins()" in inspect.getsource(scheduler.run_scheduler_process)
+    handler = inspect.getsource(scheduler.Scheduler.handle_rpc_request)
+    assert "getattr(self, recv_req.method)" in handler and "barrier(group=self.tp_group.cpu_group)" in handler
+    assert "sock_send(self.ipc_channels.recv_from_rpc, output)" in inspect.getsource(scheduler.Scheduler)
+    assert {"success", "message"} <= set(RpcReqOutput.__struct_fields__)
+    assert {"method", "parameters"} <= set(RpcReqInput.__struct_fields__)
+    params = inspect.signature(http_server.launch_server).parameters
+    assert "init_tokenizer_manager_func" in params
+    assert list(inspect.signature(params["init_tokenizer_manager_func"].default).parameters)[:2] == [
+        "server_args", "port_args"]
+
+
+def test_encoder_internals_used_by_the_mean_pooled_classifier():
+    """mean_pool_sglang.py: SGLang's BertForSequenceClassification builds `bert` (returning token states
+    when use_bert_pooler) and a CrossEncodingPooler(config, classifier, pooler) that calls
+    pooler(states_of_one_sequence, forward_batch); the registry resolves the first architecture from
+    its `models` dict; plugin.py registers the class just before Scheduler.__init__."""
+    from sglang.srt.layers.pooler import CrossEncodingPooler
+    from sglang.srt.managers import scheduler
+    from sglang.srt.models import bert
+    from sglang.srt.models.registry import ModelRegistry
+
+    init = inspect.getsource(bert.BertForSequenceClassification.__init__)
+    assert "use_bert_pooler=True" in init and "CrossEncodingPooler(config, self.classifier, self.bert.pooler)" in init
+    assert "if not self.use_bert_pooler:" in inspect.getsource(bert.BertModel.forward)
+    fwd = inspect.getsource(CrossEncodingPooler.forward)
+    assert "self.pooler(pooled_data_i, forward_batch)" in fwd and "self.classifier(pooled_output)" in fwd
+    assert "self.models.get(first_arch)" in inspect.getsource(ModelRegistry.resolve_model_cls)
+    assert callable(scheduler.Scheduler.__init__)

@@ -34,7 +34,7 @@ def make_encoder_backend(name: str, model_path: str, dtype: str = "float32", **k
     raise BackendError(f"unknown backend {name!r}: choose one of {BACKENDS}")
 
 
-def attach_backend(runner, tokenizer, model_path: str, group=None) -> Backend:
+def attach_backend(runner, tokenizer, model_path: str, verify_layout: bool = False, group=None) -> Backend:
     """The backend over a ModelRunner SGLang already built (the serving plugin, in a scheduler): class
     logits for an encoder classifier, token log-probs and generation otherwise."""
     from .encoder import is_encoder
@@ -42,10 +42,10 @@ def attach_backend(runner, tokenizer, model_path: str, group=None) -> Backend:
     if is_encoder(model_path):
         from .encoder import SGLangEncoderBackend
 
-        return SGLangEncoderBackend.attach(runner, tokenizer, model_path, group=group)
+        return SGLangEncoderBackend.attach(runner, tokenizer, model_path, verify_layout, group=group)
     from .sglang_runner import SGLangBackend
 
-    return SGLangBackend.attach(runner, tokenizer, model_path, group=group)
+    return SGLangBackend.attach(runner, tokenizer, model_path, verify_layout, group=group)
 
 
 def register_models() -> None:

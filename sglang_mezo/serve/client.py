@@ -10,11 +10,7 @@
 """
 from __future__ import annotations
 
-import json
-import os
-import tempfile
 import time
-import uuid
 
 
 class MezoError(RuntimeError):
@@ -125,17 +121,12 @@ class EngineTrainer:
                 check(body)
             except RequestError as e:
                 raise MezoError(e.status, {"error": str(e)}) from None
-        path = os.path.join(tempfile.gettempdir(), f"sglang_mezo_{os.getpid()}_{uuid.uuid4().hex}.json")
-        try:
-            self.engine.collective_rpc("mezo_call", op=op, args_json=json.dumps(body), result_path=path)
-            with open(path, encoding="utf-8") as f:
-                out = json.load(f)
-        finally:
-            if os.path.exists(path):
-                os.remove(path)
-        if out["status"] >= 300:
-            raise MezoError(out["status"], out["result"])
-        return out["result"]
+        from .plugin import call
+
+        status, result = call(self.engine.send_to_rpc, op, body)  # the socket Engine.collective_rpc uses
+        if status >= 300:
+            raise MezoError(status, result)
+        return result
 
     def step(self, **body) -> dict:
         return self._call("step", body)

@@ -1,75 +1,111 @@
-"""SGLang general plugin (entry point group `sglang.srt.plugins`): adds `Scheduler.mezo_call`.
+"""The one seam to SGLang's processes: an SGLang general plugin (entry point group `sglang.srt.plugins`).
 
-SGLang runs `register()` in every one of its processes, the spawned schedulers included, so the method
-is there when the HTTP server (or `Engine.collective_rpc`) asks for it. An RPC returns only success, so
-the result travels as a small JSON file that TP rank 0 (alone) writes atomically.
+SGLang's `load_plugins()` runs `register()` in each of its processes (the spawned schedulers too, at the
+start of `run_scheduler_process`) and then applies HookRegistry's hooks, before any Scheduler exists.
+`register()` adds one AROUND hook on `Scheduler.handle_rpc_request`: an RPC naming METHOD runs a MeZO
+operation there, on the scheduler's thread between batches, and its JSON result travels back in the
+RpcReqOutput's `message` over SGLang's own RPC socket (rank 0's reply is the one the caller reads).
+Every other RPC goes to SGLang unchanged. `call()` is the caller's half (HTTP process or sglang.Engine).
 """
 from __future__ import annotations
 
 import json
 import logging
-import os
 
-_trainer = None
+METHOD = "mezo"
+TARGET = "sglang.srt.managers.scheduler.Scheduler.handle_rpc_request"
+MODELS_TARGET = "sglang.srt.managers.scheduler.Scheduler.__init__"
 log = logging.getLogger("sglang_mezo.serve")
 
 
 def register() -> None:
-    from sglang.srt.managers.scheduler import Scheduler
+    from sglang.srt.plugins.hook_registry import HookRegistry, HookType
 
+    HookRegistry.register(TARGET, SchedulerSide().handle_rpc_request, HookType.AROUND)
+    # our model classes (the mean-pooled BERT classifier), added to SGLang's registry where a model is
+    # built: just before a Scheduler starts. Not here: the registry imports every SGLang model (seconds),
+    # which the HTTP and detokenizer processes never need.
+    HookRegistry.register(MODELS_TARGET, _register_models, HookType.BEFORE)
+
+
+def _register_models(*args, **kwargs) -> None:
     from ..backends import register_models
 
-    Scheduler.mezo_call = mezo_call
-    register_models()  # before the scheduler builds its model: the mean-pooled classifier is ours
+    register_models()
 
 
-def _get_trainer(sched):
-    global _trainer
-    if _trainer is None:
-        from sglang.srt.managers.io_struct import ContinueGenerationReqInput, PauseGenerationReqInput
+class SchedulerSide:
+    """One per process (held by the hook): the scheduler's ServedTrainer, built on the first MeZO call."""
 
-        from ..backends import attach_backend
-        from .policy import Policy
-        from .trainer import ServedTrainer
+    def __init__(self):
+        self.trainer = None
 
-        runner = sched.tp_worker.model_runner
-        backend = attach_backend(runner, sched.tokenizer, sched.server_args.model_path,
-                                 group=sched.tp_group)  # TP ranks gather through SGLang's own group
+    def handle_rpc_request(self, original, sched, recv_req):
+        if recv_req.method != METHOD:
+            return original(sched, recv_req)
+        import torch.distributed as dist
+        from sglang.srt.managers.io_struct import RpcReqOutput
 
-        def flush():
-            if not sched.flush_cache(empty_cache=False):
-                raise RuntimeError("could not flush SGLang's cache while paused")
+        out = self.run(sched, **(recv_req.parameters or {}))
+        # as SGLang's own handler does: the TP ranks leave the call together
+        dist.barrier(group=sched.tp_group.cpu_group)
+        return RpcReqOutput(success=True, message=json.dumps(out))
 
-        _trainer = ServedTrainer(
-            backend,
-            pause=lambda: sched.pause_generation(PauseGenerationReqInput(mode="retract")),
-            resume=lambda: sched.continue_generation(ContinueGenerationReqInput()),
-            flush=flush,
-            perturb=os.environ.get("SGLANG_MEZO_PERTURB", "layerwise"),
-            policy=Policy.from_env())  # set by `sglang-mezo serve`: requests come over HTTP
-    return _trainer
+    def run(self, sched, op: str = "", args_json: str = "{}") -> dict:
+        from .protocol import RequestError
+
+        try:
+            from . import replica_ops
+
+            trainer, args = self._trainer(sched), json.loads(args_json)
+            res = replica_ops.handle(trainer, op, args) if op in replica_ops.OPS else trainer.handle(op, args)
+            return {"status": 200, "result": res}
+        except RequestError as e:
+            return {"status": e.status, "result": {"error": str(e)}}
+        except ArithmeticError as e:  # NaN objective: weights were restored, the request was at fault
+            return {"status": 422, "result": {"error": str(e)}}
+        except Exception as e:  # noqa: BLE001 - report, never take the scheduler down
+            # the client gets the message; the traceback (internals, paths) stays in the server's log
+            log.exception("MeZO %s failed", op)
+            return {"status": 500, "result": {"error": f"{op} failed: {type(e).__name__}: {e}"}}
+
+    def _trainer(self, sched):
+        if self.trainer is None:
+            import os
+
+            from sglang.srt.managers.io_struct import ContinueGenerationReqInput, PauseGenerationReqInput
+
+            from ..backends import attach_backend
+            from ..backends.sglang_runner import check_version
+            from .policy import Policy
+            from .trainer import ServedTrainer
+
+            check_version()  # as the CLI: the pinned SGLang, and (below) the engine layout checked
+            backend = attach_backend(sched.tp_worker.model_runner, sched.tokenizer,  # encoder or decoder
+                                     sched.server_args.model_path, verify_layout=True,
+                                     group=sched.tp_group)  # TP ranks gather through SGLang's group
+
+            def flush():
+                if not sched.flush_cache(empty_cache=False):
+                    raise RuntimeError("could not flush SGLang's cache while paused")
+
+            self.trainer = ServedTrainer(
+                backend,
+                pause=lambda: sched.pause_generation(PauseGenerationReqInput(mode="retract")),
+                resume=lambda: sched.continue_generation(ContinueGenerationReqInput()),
+                flush=flush,
+                perturb=os.environ.get("SGLANG_MEZO_PERTURB", "layerwise"),
+                policy=Policy.from_env())  # set by `sglang-mezo serve`: requests come over HTTP
+        return self.trainer
 
 
-def mezo_call(self, op: str, args_json: str, result_path: str) -> None:
-    from .protocol import RequestError
+def call(sock, op: str, args: dict) -> tuple[int, dict]:
+    """Blocking, on a DEALER socket to the schedulers' RPC address: (HTTP-like status, result)."""
+    from sglang.srt.managers.io_struct import RpcReqInput, RpcReqOutput, sock_recv, sock_send
 
-    try:
-        from . import replica_ops
-
-        trainer, args = _get_trainer(self), json.loads(args_json)
-        res = replica_ops.handle(trainer, op, args) if op in replica_ops.OPS else trainer.handle(op, args)
-        out = {"status": 200, "result": res}
-    except RequestError as e:
-        out = {"status": e.status, "result": {"error": str(e)}}
-    except ArithmeticError as e:  # NaN objective: weights were restored, the request was at fault
-        out = {"status": 422, "result": {"error": str(e)}}
-    except Exception as e:  # noqa: BLE001 - report, never take the scheduler down
-        # the client gets the message; the traceback (internals, paths) stays in the server's log
-        log.exception("MeZO %s failed", op)
-        out = {"status": 500, "result": {"error": f"{op} failed: {type(e).__name__}: {e}"}}
-    # every TP rank runs the call; only rank 0 answers (the Scheduler keeps its rank in tp_group)
-    if self.tp_group.rank_in_group == 0:
-        tmp = result_path + ".tmp"
-        with open(tmp, "w", encoding="utf-8") as f:
-            json.dump(out, f)
-        os.replace(tmp, result_path)
+    sock_send(sock, RpcReqInput(method=METHOD, parameters={"op": op, "args_json": json.dumps(args)}))
+    reply = sock_recv(sock)
+    if not isinstance(reply, RpcReqOutput) or not reply.success:
+        return 500, {"error": f"scheduler RPC failed: {getattr(reply, 'message', reply)}"}
+    out = json.loads(reply.message)
+    return out["status"], out["result"]

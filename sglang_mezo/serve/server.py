@@ -1,7 +1,8 @@
 """`sglang-mezo serve <sglang.launch_server flags>`: a normal SGLang server plus /mezo/* routes.
 
 The routes run in the HTTP process and reach the schedulers through SGLang's RPC channel (the same one
-`Engine.collective_rpc` uses), one call at a time; ordinary requests keep flowing between calls.
+`Engine.collective_rpc` uses; plugin.py answers there), one call at a time; ordinary requests keep
+flowing between calls. The socket is opened through launch_server's public init_tokenizer_manager_func.
 The routes that change the served model carry SGLang's own admin auth level, like its weight-update
 routes; what a request may name (objectives, tasks, save folders) is limited by policy.py.
 (No `from __future__ import annotations` here: FastAPI reads the handlers' annotations at runtime.)
@@ -13,10 +14,9 @@ import json
 import logging
 import os
 import sys
-import tempfile
-import uuid
 
 from .. import cpu_shims
+from . import plugin
 from .policy import ENV as POLICY_ENV
 from .policy import Policy, builtin_objectives
 from . import replica_ops
@@ -25,63 +25,31 @@ from .protocol import RequestError, parse_rollback, parse_save, parse_step, pars
 log = logging.getLogger("sglang_mezo.serve")
 MAX_BODY = 1 << 20   # bytes; a step's examples fit easily, a flood does not reach json.loads
 
-_rpc = None          # DEALER socket to the schedulers, opened on first use
-_port_args = None    # SGLang's IPC names, captured when it launches its processes
-_policy = Policy(restricted=True)   # what requests may name; set from the --mezo-* flags by main()
-_keys = (None, None)                # (api_key, admin_api_key) the server was started with
 
+class Service:
+    """The /mezo/* side of one server: what requests may name, the keys, the RPC socket, one run's state."""
 
-class _State:
-    def __init__(self):
+    def __init__(self, policy: Policy, keys: tuple = (None, None)):
+        self.policy, self.keys = policy, keys   # keys: (api_key, admin_api_key) the server started with
+        self.rpc = None                         # DEALER socket to the schedulers (init_tokenizer_manager)
         self.lock = asyncio.Lock()
         self.train_task = None
         self.progress = {"running": False, "done": 0, "total": 0, "last": None, "error": None}
 
+    def init_tokenizer_manager(self, server_args, port_args, *a, **kw):
+        """launch_server's public `init_tokenizer_manager_func`: SGLang's own, plus our RPC socket."""
+        import zmq
+        from sglang.srt.entrypoints.engine import init_tokenizer_manager
+        from sglang.srt.utils.network import get_zmq_socket
 
-_state: _State | None = None
+        self.rpc = get_zmq_socket(zmq.Context(), zmq.DEALER, port_args.rpc_ipc_name, True)
+        return init_tokenizer_manager(server_args, port_args, *a, **kw)
 
-
-def _rpc_call(op: str, args: dict) -> tuple[int, dict]:
-    """Blocking: send mezo_call to every scheduler and read rank 0's result file."""
-    import zmq
-    from sglang.srt.managers.io_struct import RpcReqInput, RpcReqOutput
-    from sglang.srt.utils.network import get_zmq_socket
-
-    global _rpc
-    if _rpc is None:
-        _rpc = get_zmq_socket(zmq.Context(), zmq.DEALER, _port_args.rpc_ipc_name, True)
-    path = os.path.join(tempfile.gettempdir(), f"sglang_mezo_{os.getpid()}_{uuid.uuid4().hex}.json")
-    try:
-        _send(_rpc, RpcReqInput(method="mezo_call",
-                                parameters={"op": op, "args_json": json.dumps(args), "result_path": path}))
-        reply = _recv(_rpc)
-        if not isinstance(reply, RpcReqOutput) or not reply.success:
-            return 500, {"error": f"scheduler RPC failed: {getattr(reply, 'message', reply)}"}
-        with open(path, encoding="utf-8") as f:
-            out = json.load(f)
-        return out["status"], out["result"]
-    finally:
-        if os.path.exists(path):
-            os.remove(path)
+    async def call(self, op: str, args: dict) -> tuple[int, dict]:
+        return await asyncio.to_thread(plugin.call, self.rpc, op, args)
 
 
-def _send(sock, obj):
-    from sglang.srt.managers.io_struct import sock_send
-
-    sock_send(sock, obj)
-
-
-def _recv(sock):
-    from sglang.srt.managers.io_struct import sock_recv
-
-    return sock_recv(sock)
-
-
-async def call(op: str, args: dict) -> tuple[int, dict]:
-    return await asyncio.to_thread(_rpc_call, op, args)
-
-
-def _add_routes(app) -> None:
+def _add_routes(app, svc: Service) -> None:
     from fastapi import Request
     from fastapi.responses import JSONResponse
     from sglang.srt.utils.auth import AuthLevel, auth_level
@@ -105,25 +73,18 @@ def _add_routes(app) -> None:
         except (RecursionError, UnicodeDecodeError):
             raise RequestError("body is not valid JSON: nested too deeply or not UTF-8") from None
 
-    def state() -> _State:
-        global _state
-        if _state is None:
-            _state = _State()
-        return _state
-
     async def exclusive(op: str, args: dict):
-        st = state()
-        if st.lock.locked() or (st.train_task and not st.train_task.done()):
+        if svc.lock.locked() or (svc.train_task and not svc.train_task.done()):
             raise RequestError("a MeZO step or training run is in progress", 409)
-        async with st.lock:
-            return await call(op, args)
+        async with svc.lock:
+            return await svc.call(op, args)
 
     def route(path, method="post", admin=True):
         def deco(fn):
             async def handler(request: Request):
                 try:
                     if admin:
-                        _require_admin_key_configured()
+                        _require_admin_key_configured(svc.keys)
                     return reply(*(await fn(request)))
                 except RequestError as e:
                     return reply(e.status, {"error": str(e)})
@@ -141,7 +102,7 @@ def _add_routes(app) -> None:
     @route("/mezo/step")
     async def step(request):
         args = await body(request)
-        _check_policy(parse_step(args))
+        _check_policy(svc.policy, parse_step(args))
         return await exclusive("step", args)
 
     @route("/mezo/rollback")
@@ -154,17 +115,16 @@ def _add_routes(app) -> None:
     async def save(request):
         args = await body(request)
         a = parse_save(args)
-        _policy.save_path(a.path, a.overwrite)  # refuse early; the scheduler checks again
+        svc.policy.save_path(a.path, a.overwrite)  # refuse early; the scheduler checks again
         return await exclusive("save", args)
 
     @route("/mezo/status", "get", admin=False)  # readable with the ordinary --api-key
     async def status(request):
-        st = state()
-        if st.lock.locked():
-            return 200, {**st.progress}
-        async with st.lock:
-            code, res = await call("status", {})
-        return code, {**st.progress, **res}
+        if svc.lock.locked():
+            return 200, {**svc.progress}
+        async with svc.lock:
+            code, res = await svc.call("status", {})
+        return code, {**svc.progress, **res}
 
     @route("/mezo/checksum", "get")  # admin: hashing every weight holds the scheduler for a while
     async def checksum(request):
@@ -174,7 +134,7 @@ def _add_routes(app) -> None:
     @route("/mezo/losses")
     async def losses(request):
         args = await body(request)
-        _check_policy(replica_ops.parse_losses(args)[2])
+        _check_policy(svc.policy, replica_ops.parse_losses(args)[2])
         return await exclusive("losses", args)
 
     @route("/mezo/apply")
@@ -191,64 +151,46 @@ def _add_routes(app) -> None:
     async def train(request):
         args = await body(request)
         steps, interval, step_args_parsed = parse_train(args)
-        _check_policy(step_args_parsed)
-        st = state()
-        if st.lock.locked() or (st.train_task and not st.train_task.done()):
+        _check_policy(svc.policy, step_args_parsed)
+        if svc.lock.locked() or (svc.train_task and not svc.train_task.done()):
             raise RequestError("a MeZO step or training run is in progress", 409)
         step_args = {k: v for k, v in args.items() if k not in ("steps", "interval_s")}
-        st.progress = {"running": True, "done": 0, "total": steps, "last": None, "error": None}
+        svc.progress = {"running": True, "done": 0, "total": steps, "last": None, "error": None}
 
         async def run():
             try:
                 for i in range(steps):
-                    async with st.lock:  # released between steps: other routes answer 409 meanwhile
-                        code, res = await call("step", step_args)
+                    async with svc.lock:  # released between steps: other routes answer 409 meanwhile
+                        code, res = await svc.call("step", step_args)
                     if code != 200:
-                        st.progress["error"] = res.get("error", res)
+                        svc.progress["error"] = res.get("error", res)
                         break
-                    st.progress.update(done=i + 1, last=res)
+                    svc.progress.update(done=i + 1, last=res)
                     await asyncio.sleep(interval)  # ordinary requests run freely between steps
             except Exception as e:  # noqa: BLE001 - recorded for /mezo/status; details in the log
                 log.exception("MeZO training run failed")
-                st.progress["error"] = f"training run failed: {type(e).__name__}"
+                svc.progress["error"] = f"training run failed: {type(e).__name__}"
             finally:
-                st.progress["running"] = False
+                svc.progress["running"] = False
 
-        st.train_task = asyncio.create_task(run())
+        svc.train_task = asyncio.create_task(run())
         return 202, {"started": True, "steps": steps}
 
 
-def _require_admin_key_configured() -> None:
+def _require_admin_key_configured(keys) -> None:
     """With only --api-key, every user holds the key: changing the served model needs an admin key."""
-    api_key, admin_key = _keys
+    api_key, admin_key = keys
     if api_key and not admin_key:
         raise RequestError("this route changes the model every user is served and needs the admin API "
                            "key; the server was started with --api-key only: restart it with "
                            "--admin-api-key", 403)
 
 
-def _check_policy(a) -> None:
+def _check_policy(policy: Policy, a) -> None:
     """Names only, in the HTTP process (nothing is imported or read here); the scheduler checks again."""
-    _policy.objective(a.objective)
+    policy.objective(a.objective)
     if a.task is not None:
-        _policy.task(a.task)
-
-
-def _capture_port_args() -> None:
-    """SGLang creates its IPC names inside Engine._launch_subprocesses; keep them for our RPC socket."""
-    from sglang.srt.entrypoints.engine import Engine
-
-    original = Engine._launch_subprocesses  # a classmethod, bound to Engine
-
-    def launch(cls, *a, **kw):
-        global _port_args
-        out = original(*a, **kw)
-        for item in out if isinstance(out, tuple) else (out,):
-            if hasattr(item, "rpc_ipc_name"):
-                _port_args = item
-        return out
-
-    Engine._launch_subprocesses = classmethod(launch)
+        policy.task(a.task)
 
 
 def _mezo_flags(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
@@ -303,7 +245,6 @@ def _is_loopback(host: str) -> bool:
 
 
 def main(argv: list[str] | None = None) -> int:
-    global _policy, _keys
     argv = list(sys.argv[1:] if argv is None else argv)
     ns, argv = _mezo_flags(argv)
     policy = _policy_from_flags(ns)
@@ -314,6 +255,12 @@ def main(argv: list[str] | None = None) -> int:
         for flag, val in defaults.items():
             if flag not in argv:
                 argv += [flag] + ([val] if val else [])
+    from ..backends.sglang_runner import check_version
+
+    try:
+        check_version()  # the pin the CLI checks; the schedulers check it again, with the layout
+    except ValueError as e:
+        raise SystemExit(f"sglang-mezo serve: {e}") from None
     from sglang.srt.entrypoints.http_server import app, launch_server
     from sglang.srt.server_args import prepare_server_args
 
@@ -325,7 +272,7 @@ def main(argv: list[str] | None = None) -> int:
             "1", "true"):
         raise SystemExit("sglang-mezo serve: the /mezo/* routes need SGLang's single-process Python HTTP "
                          "server (no --tokenizer-worker-num > 1, no SGLANG_RUST_SERVER)")
-    _policy, _keys = policy, (server_args.api_key, server_args.admin_api_key)
+    svc = Service(policy, (server_args.api_key, server_args.admin_api_key))
     os.environ[POLICY_ENV] = policy.to_env()  # the schedulers, spawned below, enforce the same policy
     if not server_args.admin_api_key:
         if server_args.api_key:
@@ -335,7 +282,6 @@ def main(argv: list[str] | None = None) -> int:
             print(f"sglang-mezo serve: WARNING: listening on {server_args.host} without --admin-api-key: "
                   "anyone who reaches this port can change the model every user is served "
                   "(/mezo/step|train|rollback|save)", file=sys.stderr)
-    _capture_port_args()
-    _add_routes(app)
-    launch_server(server_args)
+    _add_routes(app, svc)
+    launch_server(server_args, init_tokenizer_manager_func=svc.init_tokenizer_manager)
     return 0

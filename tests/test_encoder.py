@@ -86,10 +86,38 @@ def test_minilm_classifier_matches_transformers():
 
     path = resolve_encoder("minilm", None, 2)
     cfg = json.loads((Path(path) / "config.json").read_text())
-    assert cfg["architectures"] == ["BertForSequenceClassification"] and len(cfg["id2label"]) == 2
+    assert len(cfg["id2label"]) == 2
     assert cfg["sglang_mezo_head"]["seed"] == 0
     assert resolve_encoder("minilm", None, 2) == path     # built once, cached
     assert_engine_matches(check(path), 2)
+
+
+def test_minilm_classifier_reads_the_mean_and_loads_in_plain_transformers():
+    """The head reads the mean of the token states (how all-MiniLM-L6-v2 was trained; its CLS pooler was
+    never trained for sentences), and the folder carries its own class: transformers alone gives the
+    backend's logits with trust_remote_code."""
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    from sglang_mezo.backends.hf_encoder import HFEncoderBackend
+    from sglang_mezo.backends.mean_pool_hf import masked_mean
+    from sglang_mezo.models import resolve_encoder
+
+    path = resolve_encoder("minilm", None, 2)
+    cfg = json.loads((Path(path) / "config.json").read_text())
+    assert cfg["architectures"] == ["BertMeanPoolForSequenceClassification", "BertForSequenceClassification"]
+    assert cfg["sglang_mezo_head"]["pooling"] == "mean"
+    texts = ["a gorgeous , witty film", "dull , dull and far too long"]
+    ref = HFEncoderBackend(path, device="cpu")
+    logits = ref.classify(ref.encode(texts))
+    plain = AutoModelForSequenceClassification.from_pretrained(path, trust_remote_code=True).eval()
+    assert type(plain).__name__ == "BertMeanPoolForSequenceClassification"
+    b = AutoTokenizer.from_pretrained(path)(texts, padding=True, return_tensors="pt")
+    with torch.no_grad():
+        assert torch.allclose(plain(**b).logits, logits, atol=1e-5)
+        h = ref.model.bert(**b).last_hidden_state  # by hand: the classifier over the masked mean
+        by_hand = ref.model.classifier(masked_mean(h, b["attention_mask"]))
+    assert torch.allclose(by_hand, logits, atol=1e-5)
+    assert not any(n.startswith("bert.pooler") for n, _ in ref.model.named_parameters())  # nothing unused
 
 
 def _st(path):

@@ -208,3 +208,23 @@ def test_class_objectives_are_the_seed_code():
     assert co.get_objective("accuracy")(out) == co.accuracy(logits, labels)
     with pytest.raises(ValueError, match="encoder classifier"):
         co.get_objective("lm")
+
+
+def test_task_file_labels_are_class_ids_in_label_order(tiny_bert, tmp_path):
+    """A task file on an encoder: each row's label becomes its index in `label_words` (the words are not
+    read); `eval` on SGLang gives the accuracy transformers' logits give under that mapping."""
+    from sglang_mezo.backends.hf_encoder import HFEncoderBackend
+
+    words = "it was terrible great good bad movie film fun boring awful wonderful story acting plot".split()
+    labels = ["pos", "neu", "neg"]  # order of label_words below: neu -> 0, pos -> 1, neg -> 2
+    rows = [{"text": " ".join(words[(3 * i) % 15:(3 * i) % 15 + 4]), "label": labels[i % 3]} for i in range(30)]
+    (tmp_path / "data.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (tmp_path / "three.yaml").write_text("name: three\ntrain: data.jsonl\ntest: data.jsonl\n"
+                                         "template: '{text}'\nlabel_field: label\n"
+                                         "label_words: {neu: ' so-so', pos: ' good', neg: ' bad'}\n")
+    ev = last_json(cli("eval", "--model", tiny_bert, "--task", str(tmp_path / "three.yaml"), "--split", "test").stdout)
+    hf = HFEncoderBackend(tiny_bert, device="cpu")
+    pred = hf.classify(hf.encode([r["text"] for r in rows])).argmax(-1)
+    ids = torch.tensor([{"neu": 0, "pos": 1, "neg": 2}[r["label"]] for r in rows])
+    assert ev["n"] == 30 and ev["accuracy"] == pytest.approx(float((pred == ids).float().mean()))
+    assert 0 < ev["accuracy"] < 1  # a mapping error could not hide behind an all-right or all-wrong model

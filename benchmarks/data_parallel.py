@@ -128,7 +128,7 @@ def main():
     from sglang_mezo.models import resolve_model
     from sglang_mezo.replicas import train_replicas
     from sglang_mezo.serve import MezoClient
-    from sglang_mezo.train import TrainConfig
+    from sglang_mezo.settings import Settings
 
     model = resolve_model(args.model)
     work = Path(tempfile.mkdtemp(prefix="dp_bench_"))
@@ -141,14 +141,14 @@ def main():
     pa, a = start(model, work / "a.log", "0", "--mezo-save-dir", str(saves))
     pb, b = start(model, work / "b.log", "1", "--mezo-save-dir", str(saves))
     try:
-        two = train_replicas(TrainConfig(out=str(work / "dp2"), **cfg), [a, b], checksum_every=5)
+        two = train_replicas(Settings(out=str(work / "dp2"), **cfg), [a, b], checksum_every=5)
         MezoClient(a).save("a")
         MezoClient(b).save("b")
         ta, tb = load_file(str(saves / "a/model/model.safetensors")), load_file(str(saves / "b/model/model.safetensors"))
         max_diff = max((ta[k].float() - tb[k].float()).abs().max().item() for k in ta)
         stop(pb)
         MezoClient(a).rollback(args.steps)      # exact: base weights reloaded, nothing to replay
-        one = train_replicas(TrainConfig(out=str(work / "dp1"), **cfg), [a], checksum_every=5)
+        one = train_replicas(Settings(out=str(work / "dp1"), **cfg), [a], checksum_every=5)
         l2 = [json.loads(l) for l in open(work / "dp2/trajectory.jsonl")][1:]
         l1 = [json.loads(l) for l in open(work / "dp1/trajectory.jsonl")][1:]
         rel = [abs(x - y) / abs(y) for r2, r1 in zip(l2, l1) for k in ("loss_plus", "loss_minus")

@@ -64,11 +64,12 @@ def main():
     from sglang_mezo import objectives
     from sglang_mezo.backends import make_backend
     from sglang_mezo.backends.base import hf_dtype
-    from sglang_mezo.mezo import MeZOConfig, mezo_step
+    from sglang_mezo.mezo import mezo_step
+    from sglang_mezo.settings import Settings
 
     spec, exs = sst2(args.batch)
     checkpoints = sorted({1, 10, 100, K} & set(range(1, K + 1)))
-    cfg = MeZOConfig(lr=0.0, eps=args.eps)
+    cfg = Settings(lr=0.0, eps=args.eps)
     out = {"ours": {}, "mezo": {}, "ours_inplace": {}}
     detail, rows = {}, []
     total_elems = None

@@ -33,7 +33,8 @@ def main():
     from sglang_mezo import reward_objectives as ro
     from sglang_mezo import rewards, tasks
     from sglang_mezo.backends import make_backend
-    from sglang_mezo.mezo import MeZOConfig, mezo_step
+    from sglang_mezo.mezo import mezo_step
+    from sglang_mezo.settings import Settings
 
     spec = tasks.get_task("squad")
     test = tasks.subsample(tasks.load_split(spec, "test"), n, 42)
@@ -67,7 +68,7 @@ def main():
         for r in range(repeats):
             m = ro.Measure(sgl, batch, "f1", "f1", fn, gen, seed=r, watch=False)
             t0 = time.perf_counter()
-            mezo_step(weights, m, [1000 + r], MeZOConfig(lr=0.0, eps=1e-2))  # lr 0: the model stays put
+            mezo_step(weights, m, [1000 + r], Settings(lr=0.0, eps=1e-2))  # lr 0: the model stays put
             dt = time.perf_counter() - t0
             s = m.summary()
             rows.append({"step_s": dt, "generations_s": s["generate_s"], "reward_s": s["reward_s"],

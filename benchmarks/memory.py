@@ -15,7 +15,7 @@ On GPUs the same children report torch.cuda.max_memory_allocated instead of / be
   mezo_inplace      SGLang runner: `steps` MeZO steps, MeZO's in-place +ε/−2ε/+ε
   hf_inference      transformers: 2×steps forwards of MeZO's own classification batch
   mezo_reference    transformers: `steps` steps of MeZO's own code (benchmarks/mezo_reference.py)
-  noise_native      one `noise.sweep` (C kernel) over a tensor of --noise-elements fp32 elements
+  noise_native      one `noise_sweep.sweep` (C kernel) over a tensor of --noise-elements fp32 elements
   noise_torch       the same sweep with the torch implementation (chunks of 2^20 elements)
   noise_mezo        MeZO's perturbation of the same tensor: torch.normal + `.data` rebinding
 """
@@ -89,8 +89,10 @@ def child(kind: str, a: dict) -> dict:
         torch.set_num_threads(a["threads"])
     from sglang_mezo import objectives
     from sglang_mezo.backends import make_backend
-    from sglang_mezo.mezo import MeZOConfig, mezo_step
-    from sglang_mezo.noise import Add, sweep
+    from sglang_mezo.mezo import mezo_step
+    from sglang_mezo.settings import Settings
+    from sglang_mezo.noise import Add
+    from sglang_mezo.noise_sweep import sweep
 
     steps, dtype = a["steps"], a["dtype"]
     if kind.startswith("noise_"):
@@ -135,7 +137,7 @@ def child(kind: str, a: dict) -> dict:
             mode = kind.split("_", 1)[1]
             weights = backend.weights(pieces, mode)
             loss = lambda: objectives.ce(objectives.candidate_scores(backend, enc), enc.labels)  # noqa: E731
-            cfg = MeZOConfig(lr=1e-6, eps=1e-3)
+            cfg = Settings(lr=1e-6, eps=1e-3)
 
             def wl():
                 for s in range(steps):

@@ -3,7 +3,7 @@
     .venv/bin/python benchmarks/step_overhead.py [--quick] [--batch 16[,64]] [--repeats 7] [--backend sglang]
 
 A two-point MeZO step is, at best, two forwards. Everything else is overhead, broken down here:
-  noise      the noise sweeps of `sglang_mezo.noise.sweep` over all pieces, as the step runs them:
+  noise      the noise sweeps of `sglang_mezo.noise_sweep.sweep` over all pieces, as the step runs them:
              layerwise: +εz, −εz (one full sweep each, layer by layer) and the update sweep;
              inplace:   +εz, −2εz, then restore and update fused (one sweep with two ops)
   scratch    layerwise only: each layer (and the outside weights) copied to scratch and back, per forward
@@ -37,13 +37,15 @@ def main():
 
     from sglang_mezo import objectives
     from sglang_mezo.backends import make_backend
-    from sglang_mezo.mezo import MeZOConfig, mezo_step
-    from sglang_mezo.noise import Add, Update, sweep
+    from sglang_mezo.mezo import mezo_step
+    from sglang_mezo.settings import Settings
+    from sglang_mezo.noise import Add, Update
+    from sglang_mezo.noise_sweep import sweep
 
     backend = make_backend(args.backend, model_path, args.dtype)
     pieces = backend.pieces
     n_params = sum(p.view.numel() for p in pieces)
-    cfg = MeZOConfig(lr=args.lr, eps=args.eps)
+    cfg = Settings(lr=args.lr, eps=args.eps)
     weights = {m: backend.weights(pieces, m) for m in ("layerwise", "inplace")}
     print(f"model {model_path} ({n_params / 1e6:.1f} M params, {args.dtype}), backend {args.backend}, "
           f"{repeats} repeats, {torch.get_num_threads()} threads ({args.threads_note})")

@@ -38,7 +38,8 @@ def main():
     from sglang_mezo import objectives
     from sglang_mezo.backends import make_backend
     from sglang_mezo.backends.base import hf_dtype
-    from sglang_mezo.mezo import MeZOConfig, mezo_step
+    from sglang_mezo.mezo import mezo_step
+    from sglang_mezo.settings import Settings
 
     ours = make_backend(args.backend, model_path, args.dtype)
     dev = common.device()
@@ -60,7 +61,7 @@ def main():
     print(f"loss at the unperturbed weights: ours {loss_ours0:.6f}, MeZO's {loss_ref0:.6f}")
 
     np.random.seed(0)  # MeZO draws each step's seed from NumPy's global generator
-    cfg = MeZOConfig(lr=args.lr, eps=args.eps)
+    cfg = Settings(lr=args.lr, eps=args.eps)
     weights = {m: ours.weights(ours.pieces, m) for m in ("layerwise", "inplace")}
     seed = [0]
 

@@ -13,8 +13,9 @@ from .backends.layout import checkpoint_files
 _DTYPE_NAMES = {torch.float32: "float32", torch.bfloat16: "bfloat16", torch.float16: "float16"}
 
 
-def save_model(base_model: str, weights: dict[str, torch.Tensor], dtype: torch.dtype, out_dir: str | Path) -> Path:
-    """Base checkpoint (cast to `dtype`) with `weights` replacing its tensors; config + tokenizer copied.
+def save_model(base_model: str, tensors: dict[str, torch.Tensor], dtype: torch.dtype, out_dir: str | Path) -> Path:
+    """Base checkpoint (cast to `dtype`) with `tensors` (HF name → tensor) replacing its own; config +
+    tokenizer copied.
 
     Written to a temporary sibling and renamed into place, so `out_dir` is either the old or the new
     complete folder, never half of each.
@@ -30,13 +31,13 @@ def save_model(base_model: str, weights: dict[str, torch.Tensor], dtype: torch.d
     for f in checkpoint_files(base_model):
         with safe_open(str(f), framework="pt") as st:
             for n in st.keys():
-                t = weights.get(n)
+                t = tensors.get(n)
                 if t is None:
                     t = st.get_tensor(n)
                     if t.is_floating_point():
                         t = t.to(dtype)
                 state[n] = t.detach().cpu().contiguous()
-    if tied and "lm_head.weight" in state and "model.embed_tokens.weight" in weights:
+    if tied and "lm_head.weight" in state and "model.embed_tokens.weight" in tensors:
         state["lm_head.weight"] = state["model.embed_tokens.weight"].clone()
     tmp = out_dir.with_name(out_dir.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)

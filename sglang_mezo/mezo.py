@@ -14,34 +14,11 @@ recorded losses instead of forward passes.
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from typing import Callable
 
 from .perturb import ObjectiveError  # noqa: F401  (re-exported: part of the step's contract)
-
-
-@dataclass
-class MeZOConfig:
-    lr: float = 1e-6
-    eps: float = 1e-3
-    weight_decay: float = 0.0
-    estimator: str = "two_point"      # "two_point" (Algorithm 1) or "one_point"
-    n_queries: int = 1                # n-SPSA: seeds per step, projected gradients averaged
-
-    def __post_init__(self):
-        for k in ("lr", "eps", "weight_decay"):
-            v = getattr(self, k)
-            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
-                raise ValueError(f"{k} must be a finite number, got {v!r}")
-        if self.eps <= 0:
-            raise ValueError(f"eps must be > 0, got {self.eps}")
-        if self.lr < 0 or self.weight_decay < 0:
-            raise ValueError("lr and weight_decay must be >= 0")
-        if self.estimator not in ("two_point", "one_point"):
-            raise ValueError(f"estimator must be 'two_point' or 'one_point', got {self.estimator!r}")
-        if isinstance(self.n_queries, bool) or not isinstance(self.n_queries, int) or self.n_queries < 1:
-            raise ValueError(f"n_queries must be an integer >= 1, got {self.n_queries!r}")
+from .settings import Settings
 
 
 @dataclass
@@ -62,14 +39,15 @@ class StepRecord:
     def loss(self) -> float:
         return sum(self.loss_plus + self.loss_minus) / (len(self.loss_plus) + len(self.loss_minus))
 
-    def config(self) -> MeZOConfig:
-        return MeZOConfig(lr=self.lr, eps=self.eps, weight_decay=self.weight_decay,
-                          estimator=self.estimator, n_queries=len(self.seeds))
+    def config(self) -> Settings:
+        return Settings(lr=self.lr, eps=self.eps, weight_decay=self.weight_decay,
+                        estimator=self.estimator, n_queries=len(self.seeds))
 
 
-def mezo_step(weights, loss: Callable[[], float], seeds: list[int], cfg: MeZOConfig, step: int = 0
+def mezo_step(weights, loss: Callable[[], float], seeds: list[int], cfg: Settings, step: int = 0
               ) -> StepRecord:
-    """One MeZO step; `loss()` runs a forward pass on whatever weights the engine holds right now."""
+    """One MeZO step (cfg: lr, eps, weight_decay, estimator, n_queries); `loss()` runs a forward pass on
+    whatever weights the engine holds right now."""
     if len(seeds) != cfg.n_queries:
         raise ValueError(f"{cfg.n_queries} queries need {cfg.n_queries} seeds, got {len(seeds)}")
     eps, n = cfg.eps, cfg.n_queries

@@ -1,4 +1,4 @@
-/* CPU fast path of noise.sweep: the same z and the same float arithmetic as the torch code in
+/* CPU fast path of noise_sweep.sweep: the same z and the same float arithmetic as the torch code in
  * noise.py, bit for bit (tests/test_noise.py compares them), in one pass over the weights.
  * Built by noise.py with `gcc -O3 -fopenmp -ffp-contract=off` (no FMA: torch rounds the multiply and
  * the add separately, and so must we). */

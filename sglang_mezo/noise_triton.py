@@ -1,4 +1,4 @@
-"""GPU path of noise.sweep: one Triton kernel that derives z in registers (same counter hash and
+"""GPU path of noise_sweep.sweep: one Triton kernel that derives z in registers (same counter hash and
 quantile table as noise.py, bit for bit) and applies the in-place ops in a single pass over the weights.
 
 Exactness: fp fusion is disabled at launch (torch rounds z·a and w + t separately); fp32 → bf16/fp16

@@ -15,12 +15,13 @@ Both are deterministic, so a trajectory replays bit-identically (`replay=True`: 
 from __future__ import annotations
 
 import math
-from contextlib import contextmanager
-from typing import Callable, Sequence
+from contextlib import ExitStack, contextmanager
+from typing import Callable, NamedTuple, Sequence
 
 import torch
 
-from .noise import Add, Update, sweep
+from .noise import Add, Update
+from .noise_sweep import sweep
 
 
 class ObjectiveError(ArithmeticError):
@@ -37,7 +38,7 @@ def _finite(v) -> float:
 class InPlace:
     name = "inplace"
 
-    def __init__(self, pieces, on_change: Callable[[], None] = lambda: None, replay: bool = False):
+    def __init__(self, pieces, on_change: Callable[[], None] = lambda: None):
         self.pieces, self.on_change, self._pending = pieces, on_change, None
 
     def _sweep(self, seed, *ops):
@@ -81,6 +82,13 @@ class InPlace:
             self._sweep(seed, op)
 
 
+class Window(NamedTuple):
+    """Pieces perturbed only while `module` runs: saved and perturbed by its forward pre-hook, restored
+    bit for bit by its forward hook."""
+    module: torch.nn.Module
+    pieces: list
+
+
 class Layerwise:
     name = "layerwise"
 
@@ -108,16 +116,17 @@ class Layerwise:
             if isinstance(lm_head, torch.nn.Module) and isinstance(lp, torch.nn.Module):
                 for prm in lm_head.parameters():
                     users.setdefault(prm.untyped_storage().data_ptr(), []).append(lp)
-        windows: dict[int, tuple[torch.nn.Module, list]] = {}
+        windows: dict[int, Window] = {}
         self.outside: list = []
         for p in pieces:
             mods = users.get(p.view.untyped_storage().data_ptr())
             if not mods:
                 self.outside.append(p)
             for m in mods or []:
-                windows.setdefault(id(m), (m, []))[1].append(p)
+                windows.setdefault(id(m), Window(m, [])).pieces.append(p)
         self.windows = list(windows.values())
         self._scratch: dict = {}
+        self._open: tuple[Window, ExitStack] | None = None   # the window open now, and its restore
 
     def _buf(self, tag, tensors) -> torch.Tensor:
         n = sum(t.numel() for t in tensors)
@@ -159,39 +168,42 @@ class Layerwise:
             return [_finite(loss()) for _ in scales]
         return [self._at(seed, s, loss) for s in scales]
 
+    def _enter(self, window: Window, seed: int, scale: float) -> None:
+        # Invariant: at most one window is open at a time. Every window saves its weights in the same
+        # scratch buffer ("window"), so a window opened inside another would overwrite the saved copy and
+        # the restore would no longer be exact. Decoder layers run one after another and the other
+        # windows are modules outside them; a model where one window's module runs inside another's is
+        # refused here instead of silently corrupting the weights.
+        if self._open is not None:
+            raise RuntimeError(f"layer-wise perturbation: window {type(window.module).__name__} opened "
+                               f"inside window {type(self._open[0].module).__name__}; windows share one "
+                               "scratch buffer and must not nest "
+                               "(use --perturb inplace for this model)")
+        restore = ExitStack()
+        self._open = (window, restore)
+        restore.enter_context(self._saved(window.pieces, "window"))
+        sweep(window.pieces, seed, [Add(scale)])
+
+    def _exit(self) -> None:
+        if self._open is not None:
+            restore = self._open[1]
+            self._open = None
+            restore.close()
+
     def _at(self, seed: int, scale: float, loss: Callable[[], float]) -> float:
         if scale == 0:
             return _finite(loss())
-        stack = []
-
-        def pre(pieces):
-            def hook(module, args):
-                cm = self._saved(pieces, "window")
-                cm.__enter__()
-                stack.append(cm)
-                sweep(pieces, seed, [Add(scale)])
-            return hook
-
-        def post(module, args, output):
-            stack.pop().__exit__(None, None, None)
-
-        handles = []
-        for module, pieces in self.windows:
-            handles.append(module.register_forward_pre_hook(pre(pieces)))
-            handles.append(module.register_forward_hook(post))
-        try:
-            with self._saved(self.outside, "forward"):
-                sweep(self.outside, seed, [Add(scale)])
-                self.on_change()
-                try:
-                    return _finite(loss())
-                finally:
-                    while stack:  # a forward that raised inside a window: put those weights back too
-                        stack.pop().__exit__(None, None, None)
-        finally:
-            for h in handles:
-                h.remove()
+        with ExitStack() as stack:  # unwinds in reverse: weights restored, on_change, hooks removed
+            for w in self.windows:
+                stack.callback(w.module.register_forward_pre_hook(
+                    lambda m, args, w=w: self._enter(w, seed, scale)).remove)
+                stack.callback(w.module.register_forward_hook(lambda m, args, out: self._exit()).remove)
+            stack.callback(self.on_change)
+            stack.callback(self._exit)  # a forward that raised inside a window: its weights go back too
+            stack.enter_context(self._saved(self.outside, "forward"))
+            sweep(self.outside, seed, [Add(scale)])
             self.on_change()
+            return _finite(loss())
 
     def update(self, seed: int, coef: float, decay: float) -> None:
         if coef or decay:
@@ -208,5 +220,5 @@ def make(mode: str, pieces, layers=None, on_change=lambda: None, replay: bool = 
             raise ValueError("exact layer-wise perturbation needs the model's decoder layer list")
         return Layerwise(pieces, layers or [], on_change, replay, model)
     if mode == "inplace":
-        return InPlace(pieces, on_change, replay)
+        return InPlace(pieces, on_change)  # deterministic: replay runs the same arithmetic
     raise ValueError(f"unknown perturbation mode {mode!r}: choose 'layerwise' or 'inplace'")

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import json
 import math
-import random
 import statistics
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -27,6 +26,7 @@ from pathlib import Path
 from . import tasks
 from .mezo import mezo_step
 from .serve.client import MezoClient, MezoError
+from .settings import seed_stream
 from .trajectory import TrajectoryWriter
 
 # train options with no meaning here: the model, engine and weights are the replicas' own
@@ -209,7 +209,6 @@ def train_replicas(cfg, urls: list[str], checksum_every: int = 10, timeout: floa
         raise ValueError(f"--replicas: {spec.name} is a generation task; data-parallel steps take "
                          "classification tasks")
     objective = cfg.objective or "ce"
-    mezo_cfg = cfg.mezo()
     if cfg.steps < 0 or cfg.batch_size < 1 or checksum_every < 1:
         raise ValueError("--steps must be >= 0, --batch-size and --checksum-every >= 1")
     out = Path(cfg.out)
@@ -218,7 +217,7 @@ def train_replicas(cfg, urls: list[str], checksum_every: int = 10, timeout: floa
                         n_test=cfg.n_test, data_dir=cfg.data_dir)
     train = data["train"]
     order = batches(len(train), cfg.batch_size, cfg.seed)
-    seed_rng = random.Random(cfg.seed)
+    seeds = seed_stream(cfg.seed, cfg.n_queries)
     body = {"objective": objective, "eps": cfg.eps, "chat_template": cfg.chat_template}
     coord = Coordinator(urls, body, timeout, admin_api_key)
     try:
@@ -239,9 +238,8 @@ def train_replicas(cfg, urls: list[str], checksum_every: int = 10, timeout: floa
                 if i > 1:
                     batch = [_example_json(train[j]) for j in next(order)]
                 coord.set_batch(batch)
-                seeds = [seed_rng.getrandbits(32) for _ in range(cfg.n_queries)]
                 b0, t0 = coord.bytes(), time.perf_counter()
-                last = coord.step(seeds, mezo_cfg, start + i, checksum=i % checksum_every == 0 or i == cfg.steps)
+                last = coord.step(next(seeds), cfg, start + i, checksum=i % checksum_every == 0 or i == cfg.steps)
                 dt, nb = time.perf_counter() - t0, coord.bytes() - b0
                 traj.append(last)
                 times.append(dt)

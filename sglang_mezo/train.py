@@ -12,62 +12,21 @@ from __future__ import annotations
 import json
 import random
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 
 from . import objectives, tasks
 from .backends import BACKENDS, BackendError, make_backend, select_trainable
 from .backends.base import hf_dtype
 from .export import save_model
-from .mezo import MeZOConfig, mezo_step
+from .mezo import mezo_step
 from .models import is_encoder_model, resolve_model
+from .settings import Settings, seed_stream
 from .trajectory import TrajectoryWriter, make_header, rewind
 
 
 class OutputError(ValueError):
     pass
-
-
-@dataclass
-class TrainConfig:
-    out: str
-    task: str = "sst2"
-    model: str | None = None
-    backend: str = "sglang"
-    objective: str | None = None   # None: the task's default (ce; a generation task's metric)
-    steps: int = 100
-    batch_size: int = 16
-    lr: float = 1e-6
-    eps: float = 1e-3
-    weight_decay: float = 0.0
-    seed: int = 42
-    k_shot: int | None = 16
-    n_train: int = 1000
-    n_dev: int = 500
-    n_test: int = 1000
-    eval_every: int = 0            # 0: only before and after training
-    dtype: str = "float32"
-    estimator: str = "two_point"
-    n_queries: int = 1
-    trainable: str | None = None
-    data_dir: str | None = None
-    eval_batch_size: int = 64
-    keep: str = "best"             # "best" dev step (MeZO's load_best_model_at_end) or "last"
-    perturb: str = "layerwise"     # exact layer-wise ±εz, or MeZO's in-place +ε/−2ε/+ε ("inplace")
-    chat_template: bool = False    # wrap each prompt as a user turn with the tokenizer's chat template
-    overwrite: bool = False
-    progress: bool = True
-    # generation tasks (train_generation.py): None = the task's max_new_tokens; watch = also measure the
-    # quantity not optimised (the reward when training lm, the LM loss when training a reward)
-    max_new_tokens: int | None = None
-    temperature: float = 0.0
-    top_p: float = 1.0
-    watch: bool = True
-    num_labels: int | None = None  # encoder classifiers (train_encoder.py): classes of an added head
-
-    def mezo(self) -> MeZOConfig:
-        return MeZOConfig(lr=self.lr, eps=self.eps, weight_decay=self.weight_decay,
-                          estimator=self.estimator, n_queries=self.n_queries)
 
 
 def check_out(out: Path, overwrite: bool | None) -> None:
@@ -79,10 +38,11 @@ def check_out(out: Path, overwrite: bool | None) -> None:
         raise OutputError(f"--out {out} is not empty; choose a new directory{hint}")
 
 
-def check_run(cfg: TrainConfig) -> None:
-    """The checks every training job (classification, generation, encoder) makes before writing."""
-    if cfg.steps < 0 or cfg.batch_size < 1:
-        raise ValueError("--steps must be >= 0 and --batch-size >= 1")
+def check_run(cfg: Settings) -> None:
+    """The checks every training job (classification, generation, encoder) makes before writing; the
+    settings' own types and ranges were checked when `cfg` was built."""
+    if cfg.out is None:
+        raise ValueError("--out (the output folder) is required")
     if cfg.backend not in BACKENDS:
         raise BackendError(f"unknown backend {cfg.backend!r}: choose one of {BACKENDS}")
     if cfg.keep not in ("best", "last"):
@@ -93,7 +53,7 @@ class RunFiles:
     """DIR/config.json (the resolved configuration, written at once), DIR/trajectory.jsonl and
     DIR/metrics.jsonl (appended and flushed every step) of one training job."""
 
-    def __init__(self, out: Path, cfg: TrainConfig, model_path: str, pieces, data: dict, **extra):
+    def __init__(self, out: Path, cfg: Settings, model_path: str, pieces, data: dict, **extra):
         out.mkdir(parents=True, exist_ok=True)
         resolved = {**asdict(cfg), "model": model_path, "n_trainable": sum(p.view.numel() for p in pieces),
                     "split_sizes": {k: len(v) for k, v in data.items()}, **extra}
@@ -123,7 +83,7 @@ def batches(n: int, size: int, seed: int):
         buf = buf[size:]
 
 
-def train(cfg: TrainConfig) -> dict:
+def train(cfg: Settings) -> dict:
     # Everything that can be wrong with the input is checked before anything is written.
     generation = tasks.is_generation(tasks.get_task(cfg.task))
     if cfg.objective is None and not generation:  # a generation task defaults to its own metric
@@ -139,7 +99,6 @@ def train(cfg: TrainConfig) -> dict:
         from .train_generation import train_generation
 
         return train_generation(cfg)
-    mezo_cfg = cfg.mezo()
     check_run(cfg)
     objective = objectives.get_objective(cfg.objective)
     hf_dtype(cfg.dtype)
@@ -179,7 +138,7 @@ def train(cfg: TrainConfig) -> dict:
         dev_eval(0)
         zero_shot = evaluate("test")  # the baseline the run is judged against, on the same test set
         log({"step": 0, "split": "test", "zero_shot": True, **zero_shot})
-        seed_rng = random.Random(cfg.seed)
+        seeds = seed_stream(cfg.seed, cfg.n_queries)
         order = batches(len(data["train"]), cfg.batch_size, cfg.seed)
         from tqdm import tqdm
 
@@ -188,9 +147,8 @@ def train(cfg: TrainConfig) -> dict:
             ex = [data["train"][i] for i in next(order)]
             enc = objectives.encode(ex, backend.tokenizer, spec.single_token_labels)
             loss = lambda: objective(objectives.run_batch(backend, ex, enc))  # noqa: E731
-            seeds = [seed_rng.getrandbits(32) for _ in range(cfg.n_queries)]
             t0 = time.perf_counter()
-            rec = mezo_step(weights, loss, seeds, mezo_cfg, step)
+            rec = mezo_step(weights, loss, next(seeds), cfg, step)
             dt = time.perf_counter() - t0
             traj.append(rec)
             records.append(rec)

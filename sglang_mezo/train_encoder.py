@@ -5,7 +5,6 @@ best dev step, curves.png). `--model minilm` or a headless BERT with `--num-labe
 """
 from __future__ import annotations
 
-import random
 import time
 from pathlib import Path
 
@@ -16,7 +15,8 @@ from .backends.base import hf_dtype
 from .export import save_model
 from .mezo import mezo_step
 from .models import resolve_encoder
-from .train import RunFiles, TrainConfig, batches, check_out, check_run, plot_curves
+from .settings import Settings, seed_stream
+from .train import RunFiles, batches, check_out, check_run, plot_curves
 from .trajectory import rewind
 
 
@@ -24,9 +24,8 @@ def n_classes(spec) -> int:
     return len(spec.label_words) if spec.label_words else 0
 
 
-def train_encoder(cfg: TrainConfig) -> dict:
+def train_encoder(cfg: Settings) -> dict:
     # Everything that can be wrong with the input is checked before anything is written.
-    mezo_cfg = cfg.mezo()
     check_run(cfg)
     if cfg.chat_template:
         raise ValueError("--chat-template wraps prompts for a chat LM; an encoder classifier has no chat turns")
@@ -69,7 +68,7 @@ def train_encoder(cfg: TrainConfig) -> dict:
         dev_eval(0)
         untrained = evaluate("test")  # the untrained (seeded) head: the baseline, on the same test set
         log({"step": 0, "split": "test", "zero_shot": True, **untrained})
-        seed_rng = random.Random(cfg.seed)
+        seeds = seed_stream(cfg.seed, cfg.n_queries)
         order = batches(len(data["train"]), cfg.batch_size, cfg.seed)
         from tqdm import tqdm
 
@@ -77,9 +76,8 @@ def train_encoder(cfg: TrainConfig) -> dict:
         for step in bar:
             enc = co.encode([data["train"][i] for i in next(order)], backend)
             loss = lambda: objective(co.run_batch(backend, enc))  # noqa: E731
-            seeds = [seed_rng.getrandbits(32) for _ in range(cfg.n_queries)]
             t0 = time.perf_counter()
-            rec = mezo_step(weights, loss, seeds, mezo_cfg, step)
+            rec = mezo_step(weights, loss, next(seeds), cfg, step)
             dt = time.perf_counter() - t0
             traj.append(rec)
             records.append(rec)

@@ -7,7 +7,6 @@ the LM loss of the reference answer, with the same outputs as train.py:
 """
 from __future__ import annotations
 
-import random
 import time
 from pathlib import Path
 
@@ -18,18 +17,13 @@ from .backends.base import hf_dtype
 from .export import save_model
 from .mezo import mezo_step
 from .models import resolve_model
-from .train import RunFiles, TrainConfig, batches, check_out, check_run
+from .settings import Settings, sample_seed, seed_stream
+from .train import RunFiles, batches, check_out, check_run
 from .trajectory import rewind
 
 
-def sample_seed(seed: int, step: int) -> int:
-    """The sampling seed of a step: both signs (and every query) of the step generate with it."""
-    return (seed * 1_000_003 + step) % 2**63
-
-
-def train_generation(cfg: TrainConfig) -> dict:
+def train_generation(cfg: Settings) -> dict:
     # Everything that can be wrong with the input is checked before anything is written.
-    mezo_cfg = cfg.mezo()
     check_run(cfg)
     spec = tasks.get_task(cfg.task)
     objective = cfg.objective = cfg.objective or spec.metric
@@ -83,7 +77,7 @@ def train_generation(cfg: TrainConfig) -> dict:
         dev_eval(0)
         zero_shot = evaluate("test")
         log({"step": 0, "split": "test", "zero_shot": True, **zero_shot})
-        seed_rng = random.Random(cfg.seed)
+        seeds = seed_stream(cfg.seed, cfg.n_queries)
         order = batches(len(data["train"]), cfg.batch_size, cfg.seed)
         from tqdm import tqdm
 
@@ -93,9 +87,8 @@ def train_generation(cfg: TrainConfig) -> dict:
             ex = [data["train"][i] for i in next(order)]
             m = ro.Measure(backend, ro.encode(ex, backend.tokenizer), objective, reward_name, reward_fn, gen,
                            sample_seed(cfg.seed, step), cfg.watch)
-            seeds = [seed_rng.getrandbits(32) for _ in range(cfg.n_queries)]
             t0 = time.perf_counter()
-            rec = mezo_step(weights, m, seeds, mezo_cfg, step)
+            rec = mezo_step(weights, m, next(seeds), cfg, step)
             dt = time.perf_counter() - t0
             rec.extra = {"sample_seed": m.seed}
             traj.append(rec)

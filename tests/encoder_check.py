@@ -24,7 +24,8 @@ def run(model_dir: str) -> dict:
     cpu_shims.install()
     from sglang_mezo.backends import make_backend
     from sglang_mezo.class_objectives import ClassBatch, ce
-    from sglang_mezo.noise import Add, Update, sweep
+    from sglang_mezo.noise import Add, Update
+    from sglang_mezo.noise_sweep import sweep
 
     sgl = make_backend("sglang", model_dir)
     hf = make_backend("hf", model_dir)

@@ -37,7 +37,8 @@ def logprob_gap(a, b, reqs) -> float:
 
 def noise_mismatches(sgl, hf, seed: int = 1234, eps: float = 1e-2) -> dict:
     """Apply the same MeZO sweeps to both backends; count HF elements that differ afterwards."""
-    from sglang_mezo.noise import Add, Update, sweep
+    from sglang_mezo.noise import Add, Update
+    from sglang_mezo.noise_sweep import sweep
 
     for b in (sgl, hf):
         sweep(b.pieces, seed, [Add(eps)])

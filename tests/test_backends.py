@@ -35,7 +35,10 @@ def test_pieces_cover_exactly_the_hf_parameters(sglang_backend, fresh_hf, tiny_m
     h = {(p.hf_name, p.hf_shape) for p in fresh_hf.pieces}
     assert s == h
     fused = [p for p in sglang_backend.pieces if p.hf_name.endswith(("q_proj.weight", "up_proj.weight"))]
-    assert fused and all(p.view._base is not None or p.view.data_ptr() for p in fused)
+    # views into SGLang's own fused tensors (qkv_proj, gate_up_proj), not copies
+    engine = {p.untyped_storage().data_ptr() for n, p in sglang_backend.model.named_parameters()
+              if n.endswith(("qkv_proj.weight", "gate_up_proj.weight"))}
+    assert fused and engine and all(p.view.untyped_storage().data_ptr() in engine for p in fused)
     # numel per HF tensor adds up (fused rows are split exactly, padding rows excluded)
     for name, shape in h:
         n = sum(p.view.numel() for p in sglang_backend.pieces if p.hf_name == name)

@@ -41,6 +41,14 @@ def test_train_writes_every_output(run_dir, tiny_model):
     assert any(not torch.equal(saved[k], base[k]) for k in base)
 
 
+def test_one_seed_scheme(run_dir):
+    """The CLI's steps perturb with the seeds a server's steps 1, 2, ... take for the same seed."""
+    from sglang_mezo.settings import step_seeds
+
+    lines = (run_dir / "trajectory.jsonl").read_text().splitlines()[1:]
+    assert [json.loads(l)["seeds"] for l in lines] == [step_seeds(5, k, 1) for k in range(1, 5)]
+
+
 def test_replay_is_bit_identical(run_dir, tmp_path):
     out = tmp_path / "replayed"
     cli("replay", "--trajectory", str(run_dir / "trajectory.jsonl"), "--out", str(out))

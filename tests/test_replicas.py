@@ -47,9 +47,9 @@ def _client(url):
 
 
 def _cfg(out, **kw):
-    from sglang_mezo.train import TrainConfig
+    from sglang_mezo.settings import Settings
 
-    return TrainConfig(out=str(out), progress=False, **{**RUN, **kw})
+    return Settings(out=str(out), progress=False, **{**RUN, **kw})
 
 
 def _run(urls, out, every=2, timeout=600, **kw):

@@ -228,7 +228,7 @@ FIELDS = {"/mezo/step": ["lr", "eps", "weight_decay", "seed", "task", "batch_siz
           "/mezo/rollback": ["steps"], "/mezo/save": ["path", "overwrite"]}
 FIELDS["/mezo/train"] = FIELDS["/mezo/step"] + ["steps", "interval_s"]
 # values that are legitimately accepted for a field (the fuzz only sends invalid bodies)
-VALID = {"seed": [None, 0], "k_shot": [None], "chat_template": [False, True], "overwrite": [False, True],
+VALID = {"seed": [0], "k_shot": [0], "objective": [None], "chat_template": [False, True], "overwrite": [False, True],
          "interval_s": [1.5, 0], "lr": [0], "weight_decay": [0], "steps": [0]}
 
 

@@ -1,5 +1,6 @@
 """A real `sglang-mezo serve` on loopback (tiny Llama, CPU): training while serving, exactness, bad input."""
 import json
+import math
 import threading
 import time
 
@@ -119,7 +120,7 @@ def test_train_while_serving_exact_probe_rollback_and_replay(server, chat_model,
 
 
 @pytest.mark.parametrize("path,body,status,match", [
-    ("/mezo/step", {"task": "sst2"}, 400, "missing field 'lr'"),
+    ("/mezo/step", {"task": "sst2", "k_shot": -1}, 400, "'k_shot' (--k-shot) must be between 0 and"),
     ("/mezo/step", {"lr": 1e-3}, 400, "exactly one of"),
     ("/mezo/step", {"task": "sst2", "lr": "fast"}, 400, "must be a number"),
     ("/mezo/step", {"task": "sst2", "lr": float("nan")}, 400, "must be finite"),
@@ -205,8 +206,6 @@ def test_engine_trainer_on_sglang_engine(tiny_model):
 def test_results_come_back_over_sglang_rpc_not_a_shared_tmpdir(tiny_model, tmp_path):
     """The schedulers' TMPDIR differs from the HTTP process's, and the HTTP process's temporary directory
     is gone before the step: a result handed over through a file there could not arrive."""
-    import math
-
     http_tmp, sched_tmp = tmp_path / "http_tmp", tmp_path / "sched_tmp"
     http_tmp.mkdir()
     sched_tmp.mkdir()
@@ -217,4 +216,41 @@ def test_results_come_back_over_sglang_rpc_not_a_shared_tmpdir(tiny_model, tmp_p
         res = _post(url, "/mezo/step", STEP)
         assert res["step"] == 1 and all(map(math.isfinite, res["loss_plus"] + res["loss_minus"]))
         assert requests.get(url + "/mezo/status", timeout=300).json()["steps"] == 1
-        assert _post(url, "/mezo/step", {**STEP, "lr": 2.0}, expect=400)["error"].startswith("field 'lr'")
+        assert _post(url, "/mezo/step", {**STEP, "lr": 2.0}, expect=400)["error"].startswith("'lr' (--lr) must be")
+
+
+# the same settings refused by `sglang-mezo train` flags and by /mezo/step fields (settings.py)
+REFUSED = [(["--k-shot", "-1"], {"k_shot": -1}), (["--lr", "2"], {"lr": 2}), (["--lr", "nan"], {"lr": math.nan}),
+           (["--lr", "fast"], {"lr": "fast"}), (["--eps", "0"], {"eps": 0}), (["--n-queries", "65"], {"n_queries": 65}),
+           (["--batch-size", "5000"], {"batch_size": 5000}), (["--batch-size", "2.5"], {"batch_size": "2.5"}),
+           (["--seed", "-3"], {"seed": -3}), (["--estimator", "three_point"], {"estimator": "three_point"}),
+           (["--temperature", "11"], {"temperature": 11}), (["--max-new-tokens", "0"], {"max_new_tokens": 0})]
+
+
+def _cli_error(capsys, *flags) -> str:
+    from sglang_mezo import cli
+
+    assert cli.main(["train", "--out", "unused_out", *flags]) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err.startswith("sglang-mezo train: error: "), err
+    return err.removeprefix("sglang-mezo train: error: ")
+
+
+@pytest.mark.parametrize("flags,field", REFUSED)
+def test_cli_and_http_refuse_the_same_settings_with_the_same_message(server, capsys, flags, field):
+    r = requests.post(server + "/mezo/step", data=json.dumps({"task": "sst2", **field}), timeout=120,
+                      headers={"content-type": "application/json"})
+    assert r.status_code == 400, r.text
+    name = next(iter(field))
+    assert r.json()["error"] == _cli_error(capsys, *flags)
+    assert r.json()["error"].startswith(f"'{name}' ({flags[0]}) must be")
+
+
+def test_cli_and_http_accept_the_same_settings(server, capsys, tmp_path):
+    """k_shot 0 (the 1,000-example setting) and no lr (its default) pass both; the CLI then stops at the
+    missing model, after the settings were accepted."""
+    for flags, field in ((["--k-shot", "0"], {"k_shot": 0, "lr": 0}), ([], {})):
+        res = _post(server, "/mezo/step", {"task": "sst2", "batch_size": 4, "seed": 9, **field})
+        assert res["step"] >= 1
+        _post(server, "/mezo/rollback", {"steps": 1})
+        assert "model folder not found" in _cli_error(capsys, "--model", str(tmp_path / "none"), *flags)

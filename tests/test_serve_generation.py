@@ -70,7 +70,7 @@ def test_train_on_a_generation_task(server):
     ({"objective": "nan"}, "returned nan"),
     ({"objective": "tests.gen_rewards:char_length"}, "cannot name code to import"),
     ({"objective": "ce"}, "scores candidates"),
-    ({"max_new_tokens": 0}, "'max_new_tokens' must be between 1"),
+    ({"max_new_tokens": 0}, "'max_new_tokens' (--max-new-tokens) must be between 1"),
     ({"max_new_tokens": 4000}, "this server takes at most"),
     ({"examples": [{"prompt": "x", "answers": 3}]}, "'answers'"),
 ])

@@ -265,6 +265,7 @@ def test_copa_encodes_as_multi_token_spans(tmp_path):
             assert n > 1 and enc.requests[i].target_len == n
 
 
+@pytest.mark.slow
 def test_label_words_are_single_tokens_for_a_real_bpe_tokenizer(embedded_model):
     """SmolLM2's GPT-2-style BPE (the tiny model's vocabulary is too small for this check)."""
     from transformers import AutoTokenizer

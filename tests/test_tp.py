@@ -88,14 +88,6 @@ def test_tp2_bad_save_is_refused_on_every_rank_and_serving_continues(tp2):
     assert len(requests.get(tp2 + "/mezo/checksum", timeout=120).json()["weights_sha256"]) == 64
 
 
-def test_in_process_runner_points_to_serve_for_tp(tiny_model):
-    from sglang_mezo.backends import BackendError
-    from sglang_mezo.backends.sglang_runner import SGLangBackend
-
-    with pytest.raises(BackendError, match="sglang-mezo serve --tp 2"):
-        SGLangBackend(tiny_model, tp_size=2)
-
-
 def test_engine_with_tp2_steps_and_saves(tiny_model, tmp_path):
     """The same plugin under sglang.Engine(tp_size=2) driven by EngineTrainer (collective_rpc)."""
     from conftest import last_json, run_py

@@ -91,7 +91,7 @@ def _refused(tiny_model, tmp_path, task, *extra):
 @pytest.mark.parametrize("override, extra, msg", [
     ({"answer_field": None}, [], r"needs \['answer_field'\]"),
     ({"answer_field": "q", "metric": "numeric"}, [], "metric 'numeric' needs numeric answers"),
-    ({}, ["--max-new-tokens", "0"], "max_new_tokens must be a positive integer"),
+    ({}, ["--max-new-tokens", "0"], r"'max_new_tokens' \(--max-new-tokens\) must be between 1 and"),
     ({}, ["--max-new-tokens", "100000"], "above the model's context"),
     ({}, ["--objective", "tests.gen_rewards:raises"], "raised RuntimeError: reward server unreachable"),
     ({}, ["--objective", "tests.gen_rewards:nan"], "returned nan"),

@@ -15,9 +15,7 @@ from typing import Sequence
 
 import torch
 
-
-class BackendError(ValueError):
-    """A model or request this backend cannot serve; the message names the problem."""
+from .piece import BackendError, Piece  # noqa: F401  (re-exported: the interface's types)
 
 
 @dataclass
@@ -31,20 +29,6 @@ class ScoreRequest:
 class ScoreResult:
     next_logprobs: list[float]          # log p(next_ids[k] | ids)
     target_logprobs: list[float]        # log p(ids[j] | ids[:j]) for the last target_len positions
-
-
-@dataclass
-class Piece:
-    """A view into an engine tensor that holds `hf_name[hf_start[0]:..., hf_start[1]:...]` (view's shape)."""
-    hf_name: str
-    hf_shape: tuple[int, ...]
-    view: torch.Tensor
-    hf_start: tuple[int, ...]
-
-    @property
-    def decays(self) -> bool:
-        # MeZO skips weight decay for biases and layer norms.
-        return not (self.hf_name.endswith("bias") or "norm" in self.hf_name)
 
 
 class Backend:

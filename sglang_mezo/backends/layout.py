@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from .base import BackendError, Piece
+from .piece import BackendError, Piece
 
 # SGLang's Llama-family models declare this as `packed_modules_mapping`; used when a model does not.
 DEFAULT_PACKED = {"qkv_proj": ["q_proj", "k_proj", "v_proj"], "gate_up_proj": ["gate_proj", "up_proj"]}

@@ -8,7 +8,6 @@ so nothing computed under old or perturbed weights is ever reused. Weights chang
 """
 from __future__ import annotations
 
-import os
 from array import array
 from typing import Sequence
 
@@ -35,12 +34,9 @@ class SGLangBackend(Backend):
     name = "sglang"
 
     def __init__(self, model_path: str, dtype: str = "float32", *, max_total_tokens: int = 8192,
-                 device: str | None = None, verify_layout: bool = True, tp_size: int = 1,
-                 server_args: dict | None = None):
-        if tp_size != 1:  # one process holds one rank; the other ranks need processes SGLang spawns
-            raise BackendError(f"the in-process SGLang runner (`train`, `eval`) is single-rank, tp_size "
-                               f"{tp_size} refused: tensor parallelism runs through `sglang-mezo serve "
-                               f"--tp {tp_size}` (or sglang.Engine(tp_size={tp_size}) with EngineTrainer)")
+                 device: str | None = None, verify_layout: bool = True, server_args: dict | None = None):
+        """Single-rank (one process holds one rank): tensor parallelism runs through `sglang-mezo serve
+        --tp N` or sglang.Engine(tp_size=N) with EngineTrainer, whose ranks SGLang spawns."""
         cpu_shims.install()
         check_version()
         from sglang.benchmark.one_batch import _init_process_global_configs, load_model
@@ -49,7 +45,7 @@ class SGLangBackend(Backend):
         from sglang.srt.server_args import PortArgs, ServerArgs
 
         on_cuda = torch.cuda.is_available() if device is None else device == "cuda"
-        kw = dict(model_path=model_path, dtype=dtype, disable_radix_cache=True, tp_size=tp_size,
+        kw = dict(model_path=model_path, dtype=dtype, disable_radix_cache=True, tp_size=1,
                   max_total_tokens=max_total_tokens, random_seed=0, log_level="error", **(server_args or {}))
         if not on_cuda:
             kw.update(device="cpu", attention_backend="torch_native", disable_cuda_graph=True)

@@ -15,7 +15,8 @@ import time
 
 from .. import class_objectives as co
 from .. import tasks
-from ..mezo import MeZOConfig, mezo_step
+from ..mezo import mezo_step
+from ..settings import step_seeds
 from .protocol import RequestError, StepArgs
 
 WHAT = "the served model is an encoder classifier (class logits)"
@@ -36,34 +37,34 @@ def _examples(trainer, a: StepArgs) -> list:
                 raise RequestError(f"examples[{i}].label {e['label']} exceeds the served classifier's {n} "
                                    f"classes (0..{n - 1})")
         return [tasks.Example(e["prompt"], [], int(e["label"])) for e in a.examples]
-    spec = tasks.get_task(trainer.policy.task(a.task))
+    name = a.settings.task
+    spec = tasks.get_task(trainer.policy.task(name))
     if tasks.is_generation(spec) or not spec.label_words:
-        raise RequestError(f"task {a.task!r} is a generation task; {WHAT} needs a classification task")
+        raise RequestError(f"task {name!r} is a generation task; {WHAT} needs a classification task")
     if len(spec.label_words) > n:
-        raise RequestError(f"task {a.task!r} has {len(spec.label_words)} classes but the served classifier's "
+        raise RequestError(f"task {name!r} has {len(spec.label_words)} classes but the served classifier's "
                            f"head has {n}")
     exs, _ = trainer._batch(a)
     return exs
 
 
 def encoder_step(trainer, a: StepArgs) -> dict:
+    s = a.settings
     try:
-        if a.chat_template:
+        if s.chat_template:
             raise RequestError(f"'chat_template' wraps prompts for a chat LM; {WHAT} has no chat turns")
-        if a.max_new_tokens is not None:
+        if s.max_new_tokens is not None:
             raise RequestError(f"'max_new_tokens' is for generation; {WHAT} cannot generate text")
-        objective = co.get_objective(trainer.policy.objective(a.objective))
+        objective = co.get_objective(trainer.policy.objective(s.objective or "ce"))
         exs = _examples(trainer, a)
-        cfg = MeZOConfig(lr=a.lr, eps=a.eps, weight_decay=a.weight_decay, estimator=a.estimator,
-                         n_queries=a.n_queries)
         batch = co.encode(exs, trainer.backend)  # cut to the position limit, as offline training does
     except ValueError as e:  # an objective the encoder cannot serve, a task error; RequestError as it is
         raise e if isinstance(e, RequestError) else RequestError(str(e)) from None
-    seeds = trainer.seeds(a)
+    step = len(trainer.records) + 1
     t0 = time.perf_counter()
     with trainer._exclusive():
-        rec = mezo_step(trainer.weights, lambda: objective(co.run_batch(trainer.backend, batch)), seeds, cfg,
-                        len(trainer.records) + 1)
+        rec = mezo_step(trainer.weights, lambda: objective(co.run_batch(trainer.backend, batch)),
+                        step_seeds(s.seed, step, s.n_queries), s, step)  # the seeds of `train` (settings.py)
     trainer.records.append(rec)
     return {"step": rec.step, "loss_plus": rec.loss_plus, "loss_minus": rec.loss_minus,
             "projected_grad": rec.grads, "seeds": rec.seeds, "time_s": time.perf_counter() - t0}

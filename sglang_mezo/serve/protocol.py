@@ -1,4 +1,5 @@
 """The /mezo/* request bodies: validated the same way in the HTTP process (fast 4xx) and the scheduler.
+A step's settings are the CLI's (settings.py: same defaults, ranges and messages).
 
 Every number has a range: a request must not be able to wreck the served weights (lr 1e300), run for
 ever (n_queries 10**9) or exhaust memory (batch_size 10**9) by being merely well-typed.
@@ -7,8 +8,10 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import NamedTuple
 
-MAX_EXAMPLES = 1024      # examples in one request (and the largest batch_size)
+from ..settings import MAX_BATCH as MAX_EXAMPLES  # examples in one request (and the largest batch_size)
+from ..settings import Settings, SettingError
 MAX_CANDIDATES = 64
 
 
@@ -54,40 +57,18 @@ def _flag(d: dict, key: str) -> bool:
     return v
 
 
-@dataclass
-class StepArgs:
-    lr: float
-    eps: float
-    weight_decay: float
-    objective: str
-    seed: int | None
-    examples: list | None      # [{"prompt", "candidates", "label"}]
-    task: str | None
-    batch_size: int
-    k_shot: int | None
-    n_queries: int
-    estimator: str
-    chat_template: bool = False   # wrap prompts with the tokenizer's chat template (tasks/chat.py)
-    # generation steps (serve/generation.py): examples [{"prompt", "answers"}] or a generation task
-    max_new_tokens: int | None = None
-    temperature: float = 0.0
-    top_p: float = 1.0
-    objective_given: bool = True  # False: a generation task's own metric
-
-
-STEP_FIELDS = {"lr", "eps", "weight_decay", "objective", "seed", "examples", "task", "batch_size", "k_shot",
-               "n_queries", "estimator", "chat_template", "max_new_tokens", "temperature", "top_p"}
+class StepArgs(NamedTuple):
+    """A /mezo/step body: its settings (the one Settings object) and, instead of a task, its own examples."""
+    settings: Settings
+    examples: list | None   # [{"prompt", "candidates", "label"}] or [{"prompt", "answers"}]
 
 
 def parse_step(d) -> StepArgs:
     d = _obj(d)
-    unknown = set(d) - STEP_FIELDS - {"steps", "interval_s"}
-    if unknown:
-        raise RequestError(f"unknown field(s) {sorted(map(_short, unknown))}")
     if "steps" in d or "interval_s" in d:
         raise RequestError("'steps'/'interval_s' belong to /mezo/train")
     examples, task = d.get("examples"), d.get("task")
-    if (examples is None) == (task is None):
+    if (examples is None) == (task is None):  # a request names its data (the CLI defaults to a task)
         raise RequestError("give exactly one of 'examples' (a list) or 'task' (a task name)")
     if examples is not None:
         if not isinstance(examples, list) or not 0 < len(examples) <= MAX_EXAMPLES:
@@ -112,30 +93,10 @@ def parse_step(d) -> StepArgs:
             lab = ex.get("label")
             if isinstance(lab, bool) or not isinstance(lab, int) or not 0 <= lab < len(ex["candidates"]):
                 raise RequestError(f"examples[{i}].label must be an index into its candidates")
-    elif not isinstance(task, str) or not 0 < len(task) <= 200:
-        raise RequestError("'task' must be a task name (a string of at most 200 characters)")
-    objective = d.get("objective", "ce")
-    if not isinstance(objective, str) or not 0 < len(objective) <= 200:
-        raise RequestError("'objective' must be an objective name (a string of at most 200 characters)")
-    seed = d.get("seed")
-    if seed is not None:
-        _num(d, "seed", lo=0, hi=2**63 - 1, integer=True)
-    k_shot = d.get("k_shot", 16)
-    if k_shot is not None:
-        _num(d, "k_shot", 16, lo=1, hi=100_000, integer=True)
-    estimator = d.get("estimator", "two_point")
-    if estimator not in ("two_point", "one_point"):
-        raise RequestError("'estimator' must be 'two_point' or 'one_point'")
-    return StepArgs(lr=_num(d, "lr", lo=0, hi=1), eps=_num(d, "eps", 1e-3, lo=1e-8, hi=1),
-                    weight_decay=_num(d, "weight_decay", 0.0, lo=0, hi=1), objective=objective, seed=seed,
-                    examples=examples, task=task,
-                    batch_size=_num(d, "batch_size", 16, lo=1, hi=MAX_EXAMPLES, integer=True),
-                    k_shot=k_shot, n_queries=_num(d, "n_queries", 1, lo=1, hi=64, integer=True),
-                    estimator=estimator, chat_template=_flag(d, "chat_template"),
-                    max_new_tokens=None if d.get("max_new_tokens") is None else
-                    _num(d, "max_new_tokens", lo=1, hi=4096, integer=True),
-                    temperature=_num(d, "temperature", 0.0, lo=0, hi=10), top_p=_num(d, "top_p", 1.0, lo=1e-6, hi=1),
-                    objective_given="objective" in d)
+    try:
+        return StepArgs(Settings.from_json({k: v for k, v in d.items() if k != "examples"}), examples)
+    except SettingError as e:
+        raise RequestError(str(e)) from None
 
 
 def _generation_example(i: int, ex) -> None:

@@ -49,7 +49,7 @@ _RECORD = {"step", "seeds", "grads", "lr", "eps", "weight_decay", "estimator", "
 
 def parse_apply(d):
     """(StepRecord, whether to answer with the weights' checksum)."""
-    from ..mezo import MeZOConfig, StepRecord
+    from ..mezo import StepRecord
 
     if not isinstance(d, dict) or not isinstance(d.get("record"), dict) or set(d) - {"record", "checksum"}:
         raise RequestError("/mezo/apply takes {'record': {step, seeds, grads, lr, eps, weight_decay, "
@@ -72,16 +72,11 @@ def parse_apply(d):
     step = r["step"]
     if isinstance(step, bool) or not isinstance(step, int) or step < 1:
         raise RequestError("record.step must be an integer >= 1")
-    checks = {"lr": (0, 1), "eps": (1e-8, 1), "weight_decay": (0, 1)}
-    for k, (lo, hi) in checks.items():
-        v = r[k]
-        if isinstance(v, bool) or not isinstance(v, (int, float)) or not lo <= v <= hi:
-            raise RequestError(f"record.{k} must be a number between {lo:g} and {hi:g}")
     n = len(seeds)
     rec = StepRecord(step, seeds, floats("grads", n), r["lr"], r["eps"], r["weight_decay"], r["estimator"],
                      floats("loss_plus", n), floats("loss_minus", n), r.get("extra") or {})
     try:
-        MeZOConfig(lr=rec.lr, eps=rec.eps, weight_decay=rec.weight_decay, estimator=rec.estimator)
+        rec.config()  # lr, eps, weight_decay, estimator: the ranges of any step (settings.py)
     except ValueError as e:
         raise RequestError(f"record: {e}") from None
     if not isinstance(rec.extra, dict) or len(json.dumps(rec.extra)) > 4096:
@@ -122,7 +117,7 @@ def losses(trainer, d) -> dict:
     seed, scales, a = parse_losses(d)
     _exact(trainer)
     try:
-        objective = objectives.get_objective(trainer.policy.objective(a.objective))
+        objective = objectives.get_objective(trainer.policy.objective(a.settings.objective or "ce"))
         exs, single = trainer._batch(a)
         exs, enc = trainer._encode(a, exs, single)
     except ValueError as e:

@@ -188,9 +188,10 @@ def _require_admin_key_configured(keys) -> None:
 
 def _check_policy(policy: Policy, a) -> None:
     """Names only, in the HTTP process (nothing is imported or read here); the scheduler checks again."""
-    policy.objective(a.objective)
-    if a.task is not None:
-        policy.task(a.task)
+    if a.settings.objective is not None:
+        policy.objective(a.settings.objective)
+    if a.examples is None:
+        policy.task(a.settings.task)
 
 
 def _mezo_flags(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:

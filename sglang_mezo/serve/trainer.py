@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import random
 import time
 from contextlib import contextmanager
 
@@ -18,7 +17,8 @@ import torch
 
 from .. import objectives, tasks
 from ..backends.base import select_trainable
-from ..mezo import MeZOConfig, StepRecord, mezo_step
+from ..mezo import StepRecord, mezo_step
+from ..settings import step_seeds
 from ..trajectory import rewind
 from .policy import Policy
 from .protocol import RequestError, SaveArgs, StepArgs
@@ -35,7 +35,6 @@ class ServedTrainer:
         self.weights = backend.weights(self.pieces, perturb)
         self.records: list[StepRecord] = []
         self._data: dict = {}
-        self._seed_rng = random.Random(0)
 
     @contextmanager
     def _exclusive(self):
@@ -57,13 +56,14 @@ class ServedTrainer:
             single = all(len(self.backend.tokenizer.encode(c, add_special_tokens=False)) == 1
                          for e in exs for c in e.candidates)
             return exs, single
-        key = (a.task, a.k_shot, a.seed or 0, a.batch_size)
+        s = a.settings
+        key = (s.task, s.k_shot, s.seed, s.batch_size)
         if key not in self._data:
-            source = self.policy.task(a.task)  # a built-in name, or an allowed task file (or RequestError)
+            source = self.policy.task(s.task)  # a built-in name, or an allowed task file (or RequestError)
             try:
                 spec = tasks.get_task(source)
-                self.policy.check_task_data(a.task, spec)
-                data = tasks.splits(spec, k_shot=a.k_shot, seed=a.seed or 0)
+                self.policy.check_task_data(s.task, spec)
+                data = tasks.splits(spec, k_shot=s.k_shot, seed=s.seed)
             except RequestError:
                 raise
             except Exception as e:  # TaskError, or a file reader's own error (which may quote the file)
@@ -72,7 +72,7 @@ class ServedTrainer:
                 raise self._task_error(a, e) from None
             from ..train import batches
 
-            self._data[key] = (spec, data["train"], batches(len(data["train"]), a.batch_size, a.seed or 0))
+            self._data[key] = (spec, data["train"], batches(len(data["train"]), s.batch_size, s.seed))
         spec, train, order = self._data[key]
         return [train[i] for i in next(order)], getattr(spec, "single_token_labels", True)
 
@@ -80,14 +80,15 @@ class ServedTrainer:
         """Task errors may quote a data or task file; over HTTP they go to the server log only."""
         if not self.policy.restricted:
             return RequestError(str(e))
-        log.warning("MeZO task %r (k_shot=%s, seed=%s): %s", a.task, a.k_shot, a.seed, e)
-        return RequestError(f"task {a.task!r} cannot be used with k_shot={a.k_shot}, seed={a.seed}: its "
+        s = a.settings
+        log.warning("MeZO task %r (k_shot=%s, seed=%s): %s", s.task, s.k_shot, s.seed, e)
+        return RequestError(f"task {s.task!r} cannot be used with k_shot={s.k_shot}, seed={s.seed}: its "
                              "data is missing, malformed or too small for the request (details in the "
                              "server log)")
 
     def _encode(self, a: StepArgs, exs, single):
         tok = self.backend.tokenizer
-        if a.chat_template:
+        if a.settings.chat_template:
             if not getattr(tok, "chat_template", None):
                 raise RequestError("'chat_template': the served model's tokenizer has no chat template")
             from ..tasks.chat import apply_chat_template
@@ -96,7 +97,7 @@ class ServedTrainer:
         try:
             enc = objectives.encode(exs, tok, single)
         except tasks.TaskError as e:
-            if a.task is None:  # the request's own examples: its own text may be quoted back
+            if a.examples is not None:  # the request's own examples: its own text may be quoted back
                 raise RequestError(str(e)) from None
             raise self._task_error(a, e) from None
         # A prompt longer than the model's context or the KV pool would fail inside the step
@@ -121,27 +122,21 @@ class ServedTrainer:
             return encoder_step(self, a)
         if is_generation_request(self, a):  # a reward on the engine's generations, or lm on answers
             return generation_step(self, a)
+        s = a.settings
         try:
-            objective = objectives.get_objective(self.policy.objective(a.objective))
-            cfg = MeZOConfig(lr=a.lr, eps=a.eps, weight_decay=a.weight_decay, estimator=a.estimator,
-                             n_queries=a.n_queries)
+            objective = objectives.get_objective(self.policy.objective(s.objective or "ce"))
             exs, single = self._batch(a)
             exs, enc = self._encode(a, exs, single)
         except ValueError as e:  # TaskError too; a RequestError is re-raised as it is
             raise e if isinstance(e, RequestError) else RequestError(str(e)) from None
-        seeds = self.seeds(a)
+        step = len(self.records) + 1
         t0 = time.perf_counter()
         with self._exclusive():
             rec = mezo_step(self.weights, lambda: objective(objectives.run_batch(self.backend, exs, enc)),
-                            seeds, cfg, len(self.records) + 1)
+                            step_seeds(s.seed, step, s.n_queries), s, step)
         self.records.append(rec)
         return {"step": rec.step, "loss_plus": rec.loss_plus, "loss_minus": rec.loss_minus,
                 "projected_grad": rec.grads, "seeds": rec.seeds, "time_s": time.perf_counter() - t0}
-
-    def seeds(self, a: StepArgs) -> list[int]:
-        """The step's noise seeds: drawn, or a function of the request's seed and the step number."""
-        return [self._seed_rng.getrandbits(32) if a.seed is None else (a.seed * 1000003 + len(self.records)
-                * 7919 + q) % 2**32 for q in range(a.n_queries)]
 
     def rollback(self, k: int) -> dict:
         if k > len(self.records):

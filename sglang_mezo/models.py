@@ -186,22 +186,42 @@ def embedded_minilm() -> str:
     return str(out)
 
 
+def encoder_pooling(encoder_path: str) -> str:
+    """What the head reads: "mean" of the token states when the encoder was trained on it (a
+    sentence-transformers folder whose `1_Pooling/config.json` says `pooling_mode_mean_tokens`, e.g.
+    all-MiniLM-L6-v2) and it is a BERT (the class mean_pool_*.py define); else "cls", BERT's CLS pooler
+    as in HF `*ForSequenceClassification`."""
+    pooling = Path(encoder_path) / "1_Pooling" / "config.json"
+    if not pooling.is_file():
+        return "cls"
+    mean = json.loads(pooling.read_text()).get("pooling_mode_mean_tokens", False)
+    bert = json.loads((Path(encoder_path) / "config.json").read_text()).get("model_type") == "bert"
+    return "mean" if mean and bert else "cls"
+
+
 def encoder_classifier(encoder_path: str, num_labels: int, seed: int = 0) -> str:
-    """An HF `BertForSequenceClassification` (or XLM-R) folder: the encoder's weights under the classifier's
-    names plus a head drawn from N(0, initializer_range²) with `seed` (bias 0). Cached by source, classes
-    and seed, so every run (and replay) starts from the same base weights."""
+    """An HF classifier folder: the encoder's weights under the classifier's names plus a head drawn from
+    N(0, initializer_range²) with `seed` (bias 0), over the pooling `encoder_pooling` picks (CLS:
+    `BertForSequenceClassification` / XLM-R; mean: backends/mean_pool_hf.py, its source copied in with
+    `auto_map`). Cached by source, classes, seed and pooling, so every run (and replay) starts from the
+    same base weights."""
     import hashlib
 
     src = Path(encoder_path).resolve()
-    key = hashlib.sha256(f"{src}|{num_labels}|{seed}".encode()).hexdigest()[:10]
-    out = cache_dir() / "encoders" / f"{src.name}-{num_labels}cls-seed{seed}-{key}"
+    pooling = encoder_pooling(str(src))
+    key = hashlib.sha256(f"{src}|{num_labels}|{seed}|{pooling}".encode()).hexdigest()[:10]
+    out = cache_dir() / "encoders" / f"{src.name}-{num_labels}cls-seed{seed}-{pooling}-{key}"
     if (out / "config.json").is_file() and list(out.glob("*.safetensors")):
         return str(out)
     import torch
     from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
 
+    from .backends import mean_pool_hf
+
     cfg = AutoConfig.from_pretrained(str(src), num_labels=num_labels)
-    model = AutoModelForSequenceClassification.from_pretrained(str(src), config=cfg, dtype=torch.float32)
+    cls = mean_pool_hf.BertMeanPoolForSequenceClassification if pooling == "mean" else \
+        AutoModelForSequenceClassification
+    model = cls.from_pretrained(str(src), config=cfg, dtype=torch.float32)
     g = torch.Generator().manual_seed(seed)
     std = getattr(cfg, "initializer_range", 0.02)
     with torch.no_grad():  # the head only: everything else is the encoder's checkpoint
@@ -219,7 +239,13 @@ def encoder_classifier(encoder_path: str, num_labels: int, seed: int = 0) -> str
         # explicit even for 2 classes (transformers omits the default), so every reader sees the head's size
         c["id2label"] = {str(i): f"LABEL_{i}" for i in range(num_labels)}
         c["label2id"] = {f"LABEL_{i}": i for i in range(num_labels)}
-        c["sglang_mezo_head"] = {"source": str(src), "seed": seed, "num_labels": num_labels}
+        if pooling == "mean":
+            # SGLang: ours first (registered by the plugin), BERT's second so SGLang serves it as the
+            # cross-encoder it is; transformers: the copied class through auto_map (trust_remote_code)
+            c["architectures"] = [mean_pool_hf.ARCH, "BertForSequenceClassification"]
+            c["auto_map"] = {"AutoModelForSequenceClassification": f"modeling_mean_pool.{mean_pool_hf.ARCH}"}
+            shutil.copy(mean_pool_hf.__file__, tmp / "modeling_mean_pool.py")
+        c["sglang_mezo_head"] = {"source": str(src), "seed": seed, "num_labels": num_labels, "pooling": pooling}
         (tmp / "config.json").write_text(json.dumps(c, indent=2))
         if out.exists():
             shutil.rmtree(out)

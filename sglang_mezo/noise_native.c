@@ -1,6 +1,6 @@
 /* CPU fast path of noise_sweep.sweep: the same z and the same float arithmetic as the torch code in
  * noise.py, bit for bit (tests/test_noise.py compares them), in one pass over the weights.
- * Built by noise.py with `gcc -O3 -fopenmp -ffp-contract=off` (no FMA: torch rounds the multiply and
+ * Built by noise_sweep.py with `gcc -O3 -fopenmp -ffp-contract=off` (no FMA: torch rounds the multiply and
  * the add separately, and so must we). */
 #include <stdint.h>
 #include <string.h>

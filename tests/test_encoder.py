@@ -86,10 +86,38 @@ def test_minilm_classifier_matches_transformers():
 
     path = resolve_encoder("minilm", None, 2)
     cfg = json.loads((Path(path) / "config.json").read_text())
-    assert cfg["architectures"] == ["BertForSequenceClassification"] and len(cfg["id2label"]) == 2
+    assert len(cfg["id2label"]) == 2
     assert cfg["sglang_mezo_head"]["seed"] == 0
     assert resolve_encoder("minilm", None, 2) == path     # built once, cached
     assert_engine_matches(check(path), 2)
+
+
+def test_minilm_classifier_reads_the_mean_and_loads_in_plain_transformers():
+    """The head reads the mean of the token states (how all-MiniLM-L6-v2 was trained; its CLS pooler was
+    never trained for sentences), and the folder carries its own class: transformers alone gives the
+    backend's logits with trust_remote_code."""
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    from sglang_mezo.backends.hf_encoder import HFEncoderBackend
+    from sglang_mezo.backends.mean_pool_hf import masked_mean
+    from sglang_mezo.models import resolve_encoder
+
+    path = resolve_encoder("minilm", None, 2)
+    cfg = json.loads((Path(path) / "config.json").read_text())
+    assert cfg["architectures"] == ["BertMeanPoolForSequenceClassification", "BertForSequenceClassification"]
+    assert cfg["sglang_mezo_head"]["pooling"] == "mean"
+    texts = ["a gorgeous , witty film", "dull , dull and far too long"]
+    ref = HFEncoderBackend(path, device="cpu")
+    logits = ref.classify(ref.encode(texts))
+    plain = AutoModelForSequenceClassification.from_pretrained(path, trust_remote_code=True).eval()
+    assert type(plain).__name__ == "BertMeanPoolForSequenceClassification"
+    b = AutoTokenizer.from_pretrained(path)(texts, padding=True, return_tensors="pt")
+    with torch.no_grad():
+        assert torch.allclose(plain(**b).logits, logits, atol=1e-5)
+        h = ref.model.bert(**b).last_hidden_state  # by hand: the classifier over the masked mean
+        by_hand = ref.model.classifier(masked_mean(h, b["attention_mask"]))
+    assert torch.allclose(by_hand, logits, atol=1e-5)
+    assert not any(n.startswith("bert.pooler") for n, _ in ref.model.named_parameters())  # nothing unused
 
 
 def _st(path):
@@ -132,7 +160,8 @@ def test_headless_encoder_gets_seeded_head(tmp_path):
     assert all(-1 <= v <= 0 and abs(v * 8 - round(v * 8)) < 1e-9 for v in losses)
     head = json.loads((Path(r["model"]) / "config.json").read_text())
     assert head["architectures"] == ["BertForSequenceClassification"]
-    assert head["sglang_mezo_head"] == {"source": str(Path(enc).resolve()), "seed": 0, "num_labels": 2}
+    assert head["sglang_mezo_head"] == {"source": str(Path(enc).resolve()), "seed": 0, "num_labels": 2,
+                                      "pooling": "cls"}  # no sentence-transformers pooling config
     header = json.loads((out / "trajectory.jsonl").read_text().splitlines()[0])
     assert header["trainable_names"] == ["classifier.weight", "classifier.bias"]
     assert header["base_model"] == r["model"]
@@ -179,3 +208,23 @@ def test_class_objectives_are_the_seed_code():
     assert co.get_objective("accuracy")(out) == co.accuracy(logits, labels)
     with pytest.raises(ValueError, match="encoder classifier"):
         co.get_objective("lm")
+
+
+def test_task_file_labels_are_class_ids_in_label_order(tiny_bert, tmp_path):
+    """A task file on an encoder: each row's label becomes its index in `label_words` (the words are not
+    read); `eval` on SGLang gives the accuracy transformers' logits give under that mapping."""
+    from sglang_mezo.backends.hf_encoder import HFEncoderBackend
+
+    words = "it was terrible great good bad movie film fun boring awful wonderful story acting plot".split()
+    labels = ["pos", "neu", "neg"]  # order of label_words below: neu -> 0, pos -> 1, neg -> 2
+    rows = [{"text": " ".join(words[(3 * i) % 15:(3 * i) % 15 + 4]), "label": labels[i % 3]} for i in range(30)]
+    (tmp_path / "data.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (tmp_path / "three.yaml").write_text("name: three\ntrain: data.jsonl\ntest: data.jsonl\n"
+                                         "template: '{text}'\nlabel_field: label\n"
+                                         "label_words: {neu: ' so-so', pos: ' good', neg: ' bad'}\n")
+    ev = last_json(cli("eval", "--model", tiny_bert, "--task", str(tmp_path / "three.yaml"), "--split", "test").stdout)
+    hf = HFEncoderBackend(tiny_bert, device="cpu")
+    pred = hf.classify(hf.encode([r["text"] for r in rows])).argmax(-1)
+    ids = torch.tensor([{"neu": 0, "pos": 1, "neg": 2}[r["label"]] for r in rows])
+    assert ev["n"] == 30 and ev["accuracy"] == pytest.approx(float((pred == ids).float().mean()))
+    assert 0 < ev["accuracy"] < 1  # a mapping error could not hide behind an all-right or all-wrong model

@@ -34,7 +34,7 @@ def test_wheel_carries_data_and_c_source_and_works_anywhere(tmp_path):
     site = tmp_path / "site"
     subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-warn-conflicts",
                     "--target", str(site), str(wheel)], check=True, capture_output=True, timeout=600)
-    code = ("import json, sglang_mezo, sglang_mezo.tasks as t, sglang_mezo.noise as n\n"
+    code = ("import json, sglang_mezo, sglang_mezo.tasks as t, sglang_mezo.noise_sweep as n\n"
             "print(json.dumps({'file': sglang_mezo.__file__, 'train': len(t.load_split(t.SST2, 'train')),"
             " 'copa': len(t.load_split(t.COPA, 'test')), 'native': n.native_lib(required=True) is not None}))")
     elsewhere = tmp_path / "elsewhere"

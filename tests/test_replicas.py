@@ -79,7 +79,8 @@ def test_bad_input_is_named_before_any_step(replicas, tmp_path):
         _client(b).rollback(1)
     with pytest.raises(ReplicaError, match=r"replica 0 .*unknown objective"):
         _run([a, b], tmp_path / "obj", steps=1, objective="nope")
-    with pytest.raises(ReplicaError, match=r"replica 0 \(.*\) answered late: no reply to /mezo/\w+ within 0.001 s"):
+    # either replica may be the late one: a tiny model can answer /mezo/info within 1 ms
+    with pytest.raises(ReplicaError, match=r"replica [01] \(.*\) answered late: no reply to /mezo/\w+ within 0.001 s"):
         _run([a, b], tmp_path / "late", steps=1, timeout=0.001)
     time.sleep(3)  # let the replicas finish the request nobody waited for
     assert not any((tmp_path / d).exists() for d in ("dead", "small", "heads", "obj", "late"))  # nothing written

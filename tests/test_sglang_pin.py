@@ -79,3 +79,22 @@ def test_seam_used_by_the_plugin_and_the_server():
     assert "init_tokenizer_manager_func" in params
     assert list(inspect.signature(params["init_tokenizer_manager_func"].default).parameters)[:2] == [
         "server_args", "port_args"]
+
+
+def test_encoder_internals_used_by_the_mean_pooled_classifier():
+    """mean_pool_sglang.py: SGLang's BertForSequenceClassification builds `bert` (returning token states
+    when use_bert_pooler) and a CrossEncodingPooler(config, classifier, pooler) that calls
+    pooler(states_of_one_sequence, forward_batch); the registry resolves the first architecture from
+    its `models` dict; plugin.py registers the class just before Scheduler.__init__."""
+    from sglang.srt.layers.pooler import CrossEncodingPooler
+    from sglang.srt.managers import scheduler
+    from sglang.srt.models import bert
+    from sglang.srt.models.registry import ModelRegistry
+
+    init = inspect.getsource(bert.BertForSequenceClassification.__init__)
+    assert "use_bert_pooler=True" in init and "CrossEncodingPooler(config, self.classifier, self.bert.pooler)" in init
+    assert "if not self.use_bert_pooler:" in inspect.getsource(bert.BertModel.forward)
+    fwd = inspect.getsource(CrossEncodingPooler.forward)
+    assert "self.pooler(pooled_data_i, forward_batch)" in fwd and "self.classifier(pooled_output)" in fwd
+    assert "self.models.get(first_arch)" in inspect.getsource(ModelRegistry.resolve_model_cls)
+    assert callable(scheduler.Scheduler.__init__)

@@ -34,5 +34,26 @@ def make_encoder_backend(name: str, model_path: str, dtype: str = "float32", **k
     raise BackendError(f"unknown backend {name!r}: choose one of {BACKENDS}")
 
 
+def attach_backend(runner, tokenizer, model_path: str, verify_layout: bool = False, group=None) -> Backend:
+    """The backend over a ModelRunner SGLang already built (the serving plugin, in a scheduler): class
+    logits for an encoder classifier, token log-probs and generation otherwise."""
+    from .encoder import is_encoder
+
+    if is_encoder(model_path):
+        from .encoder import SGLangEncoderBackend
+
+        return SGLangEncoderBackend.attach(runner, tokenizer, model_path, verify_layout, group=group)
+    from .sglang_runner import SGLangBackend
+
+    return SGLangBackend.attach(runner, tokenizer, model_path, verify_layout, group=group)
+
+
+def register_models() -> None:
+    """Model classes we add to SGLang's registry (the mean-pooled BERT classifier), in this process."""
+    from .mean_pool_sglang import register
+
+    register()
+
+
 __all__ = ["Backend", "BackendError", "Piece", "ScoreRequest", "ScoreResult", "select_trainable",
-           "make_backend", "BACKENDS"]
+           "make_backend", "attach_backend", "register_models", "BACKENDS"]

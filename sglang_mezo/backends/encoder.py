@@ -15,11 +15,13 @@ from typing import Sequence
 
 import torch
 
-from . import layout
+from . import layout, mean_pool_sglang
 from .base import Backend, BackendError, Piece, ScoreRequest, hf_dtype
+from .mean_pool_hf import ARCH as MEAN_POOL_ARCH
 from .sglang_runner import SGLangBackend
 
-CLASSIFIER_ARCHS = ("BertForSequenceClassification", "XLMRobertaForSequenceClassification")
+# the mean-pooled BERT head (mean_pool_*.py) is ours; the others are SGLang's and transformers' own
+CLASSIFIER_ARCHS = ("BertForSequenceClassification", "XLMRobertaForSequenceClassification", MEAN_POOL_ARCH)
 HEADLESS_ARCHS = ("BertModel", "XLMRobertaModel")
 ENCODER_PACKED = {"self_attn.qkv_proj": ["self.query", "self.key", "self.value"]}
 
@@ -44,6 +46,27 @@ def check_classifier(model_path: str) -> int:
         raise BackendError(f"{model_path} has a {n}-output head (a regression/reranker score): MeZO's "
                            "classification objectives need >= 2 classes")
     return n
+
+
+def serve_flags(argv: list[str]) -> list[str]:
+    """sglang.launch_server flags `sglang-mezo serve` adds for an encoder classifier (none for others).
+
+    - `--disable-radix-cache`: measured with SGLang 0.5.23 on CPU, a served BertForSequenceClassification
+      answers /classify with wrong logits while the radix cache is on (text and token-id requests for the
+      same tokens disagree with each other and with transformers); off, they equal transformers' to 1e-6.
+      A classifier's one-shot prefills gain nothing from prefix reuse anyway.
+    - `position_embedding_type` through --json-model-override-args when the folder lacks it (transformers 5
+      stopped writing it; SGLang's bert.py reads it and fails to build the model without it).
+    """
+    path = next((a.split("=", 1)[1] if "=" in a else argv[i + 1] for i, a in enumerate(argv)
+                 if a.split("=", 1)[0] in ("--model-path", "--model") and ("=" in a or i + 1 < len(argv))), None)
+    if not path or not is_encoder(path):
+        return []
+    extra = [] if "--disable-radix-cache" in argv else ["--disable-radix-cache"]
+    cfg = json.loads((Path(path) / "config.json").read_text())
+    if "position_embedding_type" not in cfg and not any(a.startswith("--json-model-override-args") for a in argv):
+        extra += ["--json-model-override-args", json.dumps({"position_embedding_type": "absolute"})]
+    return extra
 
 
 class EncoderBackend(Backend):
@@ -94,9 +117,11 @@ class SGLangEncoderBackend(EncoderBackend, SGLangBackend):
         override = {"sbert_ce_default_activation_function": None,
                     "position_embedding_type": cfg.get("position_embedding_type", "absolute")}
         sa = {"json_model_override_args": json.dumps(override), **kw.pop("server_args", {})}
+        mean_pool_sglang.register()
         super().__init__(model_path, dtype, server_args=sa, **kw)
 
     def _attach(self, runner, tokenizer, model_path, verify_layout, max_total_tokens):
+        self.num_labels = check_classifier(model_path)  # also reached by attach() in a serving scheduler
         self.runner, self.tokenizer = runner, tokenizer
         self.model = runner.model
         self.model_path = model_path
@@ -105,9 +130,16 @@ class SGLangEncoderBackend(EncoderBackend, SGLangBackend):
         self.max_len = min(runner.model_config.context_len, runner.model_config.hf_config.max_position_embeddings)
         self.max_tokens = self.max_batch_tokens = min(max_total_tokens, runner.max_total_num_tokens) - 8
         self.max_reqs = max(1, runner.req_to_token_pool.size - 1)
+        archs = list(runner.model_config.hf_config.architectures or [])
+        if archs[:1] == [MEAN_POOL_ARCH] and type(self.model).__name__ != MEAN_POOL_ARCH:
+            raise BackendError(f"{model_path} is a mean-pooled classifier but SGLang built "
+                               f"{type(self.model).__name__} (CLS pooler): register the model class first "
+                               "(backends/mean_pool_sglang.register; the sglang_mezo plugin does it)")
         act = getattr(getattr(self.model, "pooler", None), "default_activation_function", None)
         if act is not None and not isinstance(act, torch.nn.Identity):
-            raise BackendError(f"SGLang applies {act} to this model's logits; the objective needs raw logits")
+            raise BackendError(f"SGLang applies {act} to this model's logits; the objective needs raw logits: "
+                               "serve it with --json-model-override-args "
+                               "'{\"sbert_ce_default_activation_function\": null}'")
         # SGLang allocates embeddings.position_ids as a Parameter but takes positions from the batch
         self._pieces = layout.engine_pieces(self.model, layout.checkpoint_shapes(model_path), ENCODER_PACKED,
                                             skip=("position_ids",))

@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch
 
 from .base import Piece, hf_dtype
-from .encoder import EncoderBackend, check_classifier
+from .encoder import MEAN_POOL_ARCH, EncoderBackend, architectures, check_classifier
 
 
 class HFEncoderBackend(EncoderBackend):
@@ -20,7 +20,10 @@ class HFEncoderBackend(EncoderBackend):
         self.dtype = hf_dtype(dtype)
         self.model_path = model_path
         self.tokenizer = AutoTokenizer.from_pretrained(model_path)
-        self.model = AutoModelForSequenceClassification.from_pretrained(model_path, dtype=self.dtype)
+        cls = AutoModelForSequenceClassification
+        if architectures(model_path)[:1] == [MEAN_POOL_ARCH]:  # ours, not transformers' CLS-pooled class
+            from .mean_pool_hf import BertMeanPoolForSequenceClassification as cls
+        self.model = cls.from_pretrained(model_path, dtype=self.dtype)
         self.model = self.model.to(self.device).eval()
         self.vocab_size = self.model.config.vocab_size
         self.max_len = self.model.config.max_position_embeddings

@@ -14,6 +14,7 @@ import logging
 
 METHOD = "mezo"
 TARGET = "sglang.srt.managers.scheduler.Scheduler.handle_rpc_request"
+MODELS_TARGET = "sglang.srt.managers.scheduler.Scheduler.__init__"
 log = logging.getLogger("sglang_mezo.serve")
 
 
@@ -24,6 +25,16 @@ def register() -> None:
 
     apply_all()  # patches/*.diff, in memory, in every SGLang process (multi-LoRA on CPU needs 0001)
     HookRegistry.register(TARGET, SchedulerSide().handle_rpc_request, HookType.AROUND)
+    # our model classes (the mean-pooled BERT classifier), added to SGLang's registry where a model is
+    # built: just before a Scheduler starts. Not here: the registry imports every SGLang model (seconds),
+    # which the HTTP and detokenizer processes never need.
+    HookRegistry.register(MODELS_TARGET, _register_models, HookType.BEFORE)
+
+
+def _register_models(*args, **kwargs) -> None:
+    from ..backends import register_models
+
+    register_models()
 
 
 class SchedulerSide:
@@ -67,14 +78,15 @@ class SchedulerSide:
 
             from sglang.srt.managers.io_struct import ContinueGenerationReqInput, PauseGenerationReqInput
 
-            from ..backends.sglang_runner import SGLangBackend, check_version
+            from ..backends import attach_backend
+            from ..backends.sglang_runner import check_version
             from .policy import Policy
             from .trainer import ServedTrainer
 
             check_version()  # as the CLI: the pinned SGLang, and (below) the engine layout checked
-            backend = SGLangBackend.attach(sched.tp_worker.model_runner, sched.tokenizer,
-                                           sched.server_args.model_path, verify_layout=True,
-                                           group=sched.tp_group)  # TP ranks gather through SGLang's group
+            backend = attach_backend(sched.tp_worker.model_runner, sched.tokenizer,  # encoder or decoder
+                                     sched.server_args.model_path, verify_layout=True,
+                                     group=sched.tp_group)  # TP ranks gather through SGLang's group
 
             def flush():
                 if not sched.flush_cache(empty_cache=False):

@@ -78,6 +78,9 @@ def parse_step(d) -> StepArgs:
             if generation:
                 _generation_example(i, ex)
                 continue
+            if isinstance(ex, dict) and "candidates" not in ex:  # a class id for an encoder classifier
+                _class_example(i, ex)
+                continue
             if not isinstance(ex, dict) or not isinstance(ex.get("prompt"), str) \
                     or not isinstance(ex.get("candidates"), list) \
                     or not 2 <= len(ex["candidates"]) <= MAX_CANDIDATES \
@@ -106,6 +109,17 @@ def _generation_example(i: int, ex) -> None:
                            f"{MAX_CANDIDATES} strings), like examples[0]")
     if set(ex) - {"prompt", "answers"}:
         raise RequestError(f"examples[{i}] has unknown field(s) {sorted(map(_short, set(ex) - {'prompt', 'answers'}))}")
+
+
+def _class_example(i: int, ex: dict) -> None:
+    """{"prompt": str, "label": class id} (an encoder classifier's head; its size is checked there)."""
+    lab = ex.get("label")
+    if not isinstance(ex.get("prompt"), str) or isinstance(lab, bool) or not isinstance(lab, int) or lab < 0:
+        raise RequestError(f"examples[{i}] needs 'prompt' (string) and either 'candidates' (a language model's "
+                           "label words) with 'label' (an index into them), or 'label' alone (a class id >= 0 "
+                           "of an encoder classifier)")
+    if set(ex) - {"prompt", "label"}:
+        raise RequestError(f"examples[{i}] has unknown field(s) {sorted(map(_short, set(ex) - {'prompt', 'label'}))}")
 
 
 def parse_train(d) -> tuple[int, float, StepArgs]:

@@ -54,6 +54,9 @@ class ServedTrainer:
     def _batch(self, a: StepArgs):
         """The step's examples and whether their candidates are single tokens."""
         if a.examples is not None:
+            if any("candidates" not in e for e in a.examples):
+                raise RequestError("examples without 'candidates' give class ids for an encoder classifier; "
+                                   "the served model is a language model: give each example its 'candidates'")
             exs = [tasks.Example(e["prompt"], list(e["candidates"]), int(e["label"])) for e in a.examples]
             single = all(len(self.backend.tokenizer.encode(c, add_special_tokens=False)) == 1
                          for e in exs for c in e.candidates)
@@ -117,8 +120,11 @@ class ServedTrainer:
         return min(x for x in limits if x) if any(limits) else 1 << 30
 
     def step(self, a: StepArgs) -> dict:
+        from .encoder_step import encoder_step
         from .generation import generation_step, is_generation_request
 
+        if getattr(self.backend, "num_labels", None):  # an encoder classifier: class logits, no tokens
+            return encoder_step(self, a)
         if is_generation_request(self, a):  # a reward on the engine's generations, or lm on answers
             return generation_step(self, a)
         s = a.settings

@@ -26,6 +26,8 @@ def test_wheel_carries_data_and_c_source_and_works_anywhere(tmp_path):
     (wheel,) = (tmp_path / "dist").glob("sglang_mezo-*.whl")
     names = set(zipfile.ZipFile(wheel).namelist())
     assert "sglang_mezo/noise_native.c" in names
+    diffs = sorted(f.name for f in (ROOT / "patches").glob("*.diff"))
+    assert diffs and all(f"sglang_mezo/patches/{d}" in names for d in diffs)  # patches/ ships too
     for spec in tasks.TASKS.values():
         for rel in spec.files.values():
             assert f"sglang_mezo/data/{rel}.gz" in names, rel
@@ -35,8 +37,10 @@ def test_wheel_carries_data_and_c_source_and_works_anywhere(tmp_path):
     subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-warn-conflicts",
                     "--target", str(site), str(wheel)], check=True, capture_output=True, timeout=600)
     code = ("import json, sglang_mezo, sglang_mezo.tasks as t, sglang_mezo.noise_sweep as n\n"
+            "from sglang_mezo.backends import sglang_patches as sp\n"
             "print(json.dumps({'file': sglang_mezo.__file__, 'train': len(t.load_split(t.SST2, 'train')),"
-            " 'copa': len(t.load_split(t.COPA, 'test')), 'native': n.native_lib(required=True) is not None}))")
+            " 'copa': len(t.load_split(t.COPA, 'test')), 'native': n.native_lib(required=True) is not None,"
+            " 'patches': [str(f) for f in sp.patch_files()]}))")
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
     p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600, cwd=elsewhere,
@@ -45,6 +49,7 @@ def test_wheel_carries_data_and_c_source_and_works_anywhere(tmp_path):
     out = json.loads(p.stdout.splitlines()[-1])
     assert out["file"].startswith(str(site)) and out["native"]
     assert out["train"] == 6920 and out["copa"] == 100
+    assert [Path(f).name for f in out["patches"]] == diffs and all(f.startswith(str(site)) for f in out["patches"])
 
 
 def test_cli_runs_a_builtin_task_outside_the_checkout(tiny_model, tmp_path):

@@ -20,7 +20,9 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-PATCH_DIR = Path(__file__).resolve().parents[2] / "patches"
+# the project's top-level patches/, reached through the package (sglang_mezo/patches is a link to it in
+# a checkout and a copy in the wheel), so an installed sglang_mezo carries its patches too
+PATCH_DIR = Path(__file__).resolve().parents[1] / "patches"
 _HUNK = re.compile(r"^@@ -(\d+)(?:,(\d+))? \+(\d+)(?:,(\d+))? @@")
 
 
@@ -39,7 +41,11 @@ class FilePatch:
 
 
 def patch_files() -> list[Path]:
-    return sorted(PATCH_DIR.glob("*.diff"))
+    files = sorted(PATCH_DIR.glob("*.diff"))
+    if not files:  # a broken install: running unpatched would fail later, far from the cause
+        raise PatchMismatch(f"no SGLang patches found in {PATCH_DIR}: reinstall sglang_mezo (the wheel ships "
+                            "them as sglang_mezo/patches/*.diff)")
+    return files
 
 
 def parse(diff_text: str) -> list[FilePatch]:

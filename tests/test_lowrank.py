@@ -69,6 +69,14 @@ def test_cli_bad_input_stops_before_any_step(tmp_path, tiny_model):
     p = cli("train", "--model", tiny_model, "--perturb", "lowrank", "--rank", "2", "--estimator", "fzoo",
             "--steps", "1", "--out", str(tmp_path / "c"), check=False)
     assert p.returncode == 2 and "fzoo" in p.stderr and "(--n-queries) >= 2" in p.stderr
+    # a target SGLang's LoRA cannot adapt (the embeddings): named, with the modules it can, before any step
+    p = cli("train", "--model", tiny_model, "--perturb", "lowrank", "--rank", "2", "--trainable", "embed_tokens",
+            "--steps", "1", "--out", str(tmp_path / "d"), check=False)
+    assert p.returncode == 2 and "no trainable matrix is a LoRA target" in p.stderr and "q_proj" in p.stderr
+    assert not (tmp_path / "d" / "trajectory.jsonl").exists()
+    p = cli("train", "--model", tiny_model, "--perturb", "lowrank", "--rank", "2", "--task", "squad",
+            "--steps", "1", "--out", str(tmp_path / "e"), check=False)  # generation: no adapter path
+    assert p.returncode == 2 and "--perturb lowrank runs classification tasks" in p.stderr
 
 
 def test_cli_train_and_replay(tmp_path, tiny_model):

@@ -130,3 +130,19 @@ def test_bad_lowrank_request_is_refused_before_any_step(server):
     r = requests.post(server + "/mezo/step", json={"examples": EXAMPLES, "lr": 1e-3, "n_queries": 5}, timeout=60)
     assert r.status_code == 400 and "--max-loras-per-batch" in r.text, r.text
     assert requests.get(server + "/mezo/status", timeout=60).json()["steps"] == before
+
+
+def test_serve_lowrank_flags_are_refused_with_the_train_flags_messages():
+    """`serve --mezo-perturb/--mezo-rank` are checked by the one Settings definition, as train's flags."""
+    from sglang_mezo.serve import server
+    from sglang_mezo.settings import SettingError, Settings
+
+    for perturb, rank in (("lowrank", None), ("layerwise", "3"), ("lowrank", "0"), ("bogus", None),
+                          ("lowrank", "x")):
+        argv = ["--mezo-perturb", perturb] + ([] if rank is None else ["--mezo-rank", rank])
+        ns, rest = server._mezo_flags(argv)
+        with pytest.raises(SystemExit) as served:
+            server._lowrank_flags(ns, rest)
+        with pytest.raises(SettingError) as trained:
+            Settings(perturb=perturb, rank=int(rank) if rank and rank.isdigit() else rank)
+        assert str(served.value).endswith(str(trained.value))

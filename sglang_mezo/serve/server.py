@@ -16,6 +16,7 @@ import os
 import sys
 
 from .. import cpu_shims
+from ..settings import FIELDS, SettingError, Settings
 from . import plugin
 from .policy import ENV as POLICY_ENV
 from .policy import Policy, builtin_objectives
@@ -223,10 +224,11 @@ def _mezo_flags(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
     p.add_argument("--mezo-task-dir", metavar="DIR",
                    help="requests may name task files DIR/NAME.yaml (their data must stay inside DIR)")
     p.add_argument("--mezo-save-dir", metavar="DIR", help="/mezo/save writes only under DIR")
-    p.add_argument("--mezo-perturb", default="layerwise", choices=["layerwise", "inplace", "lowrank"],
-                   help="lowrank: rank-R directions as LoRA adapters, run as ordinary requests beside user "
-                        "traffic; serving pauses only for each in-place update (needs --mezo-rank)")
-    p.add_argument("--mezo-rank", type=int, default=None, metavar="R", help="with --mezo-perturb lowrank")
+    # the train flags --perturb / --rank, defined once in settings.py; lowrank runs a step's ±ε forwards as
+    # ordinary adapter requests beside user traffic, and serving pauses only for each in-place update
+    for name in ("perturb", "rank"):
+        f = FIELDS[name]
+        p.add_argument(f"--mezo-{name}", default=f.default, metavar=name.upper(), help=f.metadata["help"])
     if "-h" in argv or "--help" in argv:
         p.print_help()
         print()
@@ -262,13 +264,17 @@ def _policy_from_flags(ns: argparse.Namespace) -> Policy:
 
 def _lowrank_flags(ns: argparse.Namespace, argv: list[str]) -> list[str]:
     """--mezo-perturb lowrank: SGLang's multi-LoRA on (its flags, where not given), and the schedulers told."""
+    try:  # checked by Settings, as `train --perturb/--rank` are (its messages name the train flags)
+        rank = int(ns.mezo_rank) if ns.mezo_rank is not None and ns.mezo_rank.lstrip("-").isdigit() else \
+            ns.mezo_rank  # a non-number is left as typed: Settings refuses it as it refuses JSON
+        Settings(perturb=ns.mezo_perturb, rank=rank)
+    except SettingError as e:
+        raise SystemExit(f"sglang-mezo serve: --mezo-perturb {ns.mezo_perturb} --mezo-rank {ns.mezo_rank}: "
+                         f"{e}") from None
+    ns.mezo_rank = rank
     os.environ["SGLANG_MEZO_PERTURB"] = ns.mezo_perturb
     if ns.mezo_perturb != "lowrank":
-        if ns.mezo_rank is not None:
-            raise SystemExit("sglang-mezo serve: --mezo-rank is for --mezo-perturb lowrank")
         return argv
-    if ns.mezo_rank is None or ns.mezo_rank < 1:
-        raise SystemExit("sglang-mezo serve: --mezo-perturb lowrank needs --mezo-rank R (an integer >= 1)")
     os.environ["SGLANG_MEZO_RANK"] = str(ns.mezo_rank)
     from ..backends.sglang_runner import LORA_TARGETS
 

@@ -56,3 +56,10 @@ def running_server(model: str, log_path, *extra: str, env: dict | None = None, s
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGKILL)
         log.close()
+
+
+def post_ok(url, path, body, expect=200):
+    """POST a JSON body; assert the status (naming route, status and body) and return the JSON reply."""
+    r = requests.post(url + path, json=body, timeout=300)
+    assert r.status_code == expect, (path, r.status_code, r.text)
+    return r.json()

@@ -10,7 +10,7 @@ import torch
 from safetensors.torch import load_file
 
 from conftest import cli
-from serve_helpers import running_server
+from serve_helpers import running_server, post_ok
 
 PROBE = {"text": "the movie was good It was", "sampling_params": {"max_new_tokens": 4, "temperature": 0},
          "return_logprob": True, "logprob_start_len": 0}
@@ -46,14 +46,8 @@ def server(chat_model, save_dir, tmp_path_factory):
         yield url
 
 
-def _post(url, path, body, expect=200):
-    r = requests.post(url + path, json=body, timeout=300)
-    assert r.status_code == expect, (path, r.status_code, r.text)
-    return r.json()
-
-
 def _probe(url):
-    out = _post(url, "/generate", PROBE)
+    out = post_ok(url, "/generate", PROBE)
     return out["output_ids"], [t[0] for t in out["meta_info"]["input_token_logprobs"][1:]]
 
 
@@ -87,7 +81,7 @@ def test_train_while_serving_exact_probe_rollback_and_replay(server, chat_model,
     t = threading.Thread(target=load)
     t.start()
     try:
-        assert _post(server, "/mezo/train", {**STEP, "steps": 20}, 202)["steps"] == 20
+        assert post_ok(server, "/mezo/train", {**STEP, "steps": 20}, 202)["steps"] == 20
         deadline = time.time() + 300
         while (st := requests.get(server + "/mezo/status", timeout=60).json())["running"]:
             assert time.time() < deadline
@@ -100,10 +94,10 @@ def test_train_while_serving_exact_probe_rollback_and_replay(server, chat_model,
 
     # between steps, the probe sees exactly the current (unperturbed) weights
     for k in range(2):
-        res = _post(server, "/mezo/step", STEP)
+        res = post_ok(server, "/mezo/step", STEP)
         assert res["step"] == 21 + k and len(res["projected_grad"]) == 1
         _, lp = _probe(server)
-        assert _post(server, "/mezo/save", {"path": f"save{k}"}) == {"path": f"save{k}", "steps": 21 + k}
+        assert post_ok(server, "/mezo/save", {"path": f"save{k}"}) == {"path": f"save{k}", "steps": 21 + k}
         save = save_dir / f"save{k}"
         assert lp == pytest.approx(_offline_logprobs(str(save / "model"), ids), abs=1e-4)
         assert lp != pytest.approx(lp0, abs=1e-6)
@@ -115,7 +109,7 @@ def test_train_while_serving_exact_probe_rollback_and_replay(server, chat_model,
     assert all(torch.equal(a[k], b[k]) for k in a)
 
     # rolling back every step gives the original model back exactly
-    assert _post(server, "/mezo/rollback", {"steps": 22}) == {"steps": 0, "rolled_back": 22}
+    assert post_ok(server, "/mezo/rollback", {"steps": 22}) == {"steps": 0, "rolled_back": 22}
     assert _probe(server) == (out0, lp0)
 
 
@@ -153,18 +147,18 @@ def test_bad_input_gets_a_4xx_and_the_server_keeps_serving(server, path, body, s
     assert r.status_code == status, r.text
     assert match in r.json()["error"]
     assert requests.get(server + "/health", timeout=30).status_code == 200
-    assert _post(server, "/generate", PROBE)["output_ids"]
+    assert post_ok(server, "/generate", PROBE)["output_ids"]
 
 
 def test_step_while_training_is_refused(server):
-    _post(server, "/mezo/train", {**STEP, "steps": 6}, 202)
+    post_ok(server, "/mezo/train", {**STEP, "steps": 6}, 202)
     r = requests.post(server + "/mezo/step", json=STEP, timeout=60)
     assert r.status_code == 409 and "in progress" in r.json()["error"]
     r = requests.post(server + "/mezo/train", json={**STEP, "steps": 1}, timeout=60)
     assert r.status_code == 409
     while requests.get(server + "/mezo/status", timeout=60).json()["running"]:
         time.sleep(0.3)
-    _post(server, "/mezo/rollback", {"steps": 6})
+    post_ok(server, "/mezo/rollback", {"steps": 6})
     r = requests.post(server + "/mezo/step", data="{not json", headers={"content-type": "application/json"})
     assert r.status_code == 400 and "not valid JSON" in r.json()["error"]
 
@@ -184,15 +178,15 @@ def test_chat_template_wraps_prompts(server, chat_model):
     assert all(w["prompt"] != e["prompt"] and e["prompt"] in w["prompt"] for e, w in zip(ex, wrapped))
 
     def losses(body):  # lr 0 and a rollback: every call sees the same weights and step number
-        res = _post(server, "/mezo/step", {"lr": 0.0, "eps": 1e-2, "seed": 11, **body})
-        _post(server, "/mezo/rollback", {"steps": 1})
+        res = post_ok(server, "/mezo/step", {"lr": 0.0, "eps": 1e-2, "seed": 11, **body})
+        post_ok(server, "/mezo/rollback", {"steps": 1})
         return res["loss_plus"], res["loss_minus"]
 
     chat = losses({"examples": ex, "chat_template": True})
     assert chat == losses({"examples": wrapped})
     assert chat != losses({"examples": ex})
-    assert _post(server, "/mezo/step", {**STEP, "chat_template": True})["step"] >= 1
-    _post(server, "/mezo/rollback", {"steps": 1})
+    assert post_ok(server, "/mezo/step", {**STEP, "chat_template": True})["step"] >= 1
+    post_ok(server, "/mezo/rollback", {"steps": 1})
 
 
 def test_engine_trainer_on_sglang_engine(tiny_model):
@@ -213,10 +207,10 @@ def test_results_come_back_over_sglang_rpc_not_a_shared_tmpdir(tiny_model, tmp_p
                         launcher=("tests/serve_split_tmp.py", http_tmp, sched_tmp)) as url:
         assert requests.get(url + "/mezo/status", timeout=300).json()["steps"] == 0
         http_tmp.rename(tmp_path / "http_tmp_gone")  # (SGLang's sockets there are connected already)
-        res = _post(url, "/mezo/step", STEP)
+        res = post_ok(url, "/mezo/step", STEP)
         assert res["step"] == 1 and all(map(math.isfinite, res["loss_plus"] + res["loss_minus"]))
         assert requests.get(url + "/mezo/status", timeout=300).json()["steps"] == 1
-        assert _post(url, "/mezo/step", {**STEP, "lr": 2.0}, expect=400)["error"].startswith("'lr' (--lr) must be")
+        assert post_ok(url, "/mezo/step", {**STEP, "lr": 2.0}, expect=400)["error"].startswith("'lr' (--lr) must be")
 
 
 # the same settings refused by `sglang-mezo train` flags and by /mezo/step fields (settings.py)
@@ -250,7 +244,7 @@ def test_cli_and_http_accept_the_same_settings(server, capsys, tmp_path):
     """k_shot 0 (the 1,000-example setting) and no lr (its default) pass both; the CLI then stops at the
     missing model, after the settings were accepted."""
     for flags, field in ((["--k-shot", "0"], {"k_shot": 0, "lr": 0}), ([], {})):
-        res = _post(server, "/mezo/step", {"task": "sst2", "batch_size": 4, "seed": 9, **field})
+        res = post_ok(server, "/mezo/step", {"task": "sst2", "batch_size": 4, "seed": 9, **field})
         assert res["step"] >= 1
-        _post(server, "/mezo/rollback", {"steps": 1})
+        post_ok(server, "/mezo/rollback", {"steps": 1})
         assert "model folder not found" in _cli_error(capsys, "--model", str(tmp_path / "none"), *flags)

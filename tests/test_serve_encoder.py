@@ -10,7 +10,7 @@ import pytest
 import requests
 import torch
 
-from serve_helpers import running_server
+from serve_helpers import running_server, post_ok
 
 TEXTS = ["the movie was good", "boring and awful film .", "a very fun story , not the acting"]
 STEP = {"task": "sst2", "lr": 5e-2, "eps": 1e-2, "batch_size": 8, "seed": 3}
@@ -48,14 +48,8 @@ def server(mean_bert, save_dir, tmp_path_factory):
         yield url
 
 
-def _post(url, path, body, expect=200):
-    r = requests.post(url + path, json=body, timeout=300)
-    assert r.status_code == expect, (path, r.status_code, r.text)
-    return r.json()
-
-
 def _classify(url) -> torch.Tensor:
-    out = _post(url, "/classify", {"text": TEXTS})
+    out = post_ok(url, "/classify", {"text": TEXTS})
     return torch.tensor([o["embedding"] for o in out])
 
 
@@ -84,7 +78,7 @@ def test_classify_keeps_answering_while_training(server, mean_bert, save_dir):
     t = threading.Thread(target=load)
     t.start()
     try:
-        assert _post(server, "/mezo/train", {**STEP, "steps": 12, "interval_s": 0.2}, 202)["steps"] == 12
+        assert post_ok(server, "/mezo/train", {**STEP, "steps": 12, "interval_s": 0.2}, 202)["steps"] == 12
         deadline = time.time() + 300
         while requests.get(server + "/mezo/status", timeout=60).json()["running"]:
             assert time.time() < deadline
@@ -99,18 +93,18 @@ def test_classify_keeps_answering_while_training(server, mean_bert, save_dir):
     assert during >= 3, answered  # answered between the steps of the run, not only after it
 
     # between steps the server classifies with exactly the trained weights it saves
-    res = _post(server, "/mezo/step", STEP)
+    res = post_ok(server, "/mezo/step", STEP)
     print(f"/classify during /mezo/train: {len(answered)} answered ({during} while it ran), latency max "
           f"{max(latencies):.3f} s median {sorted(latencies)[len(latencies) // 2]:.3f} s; one step "
           f"{res['time_s']:.3f} s")
     assert res["step"] == 13 and res["loss_plus"] != res["loss_minus"]
     after = _classify(server)
-    assert _post(server, "/mezo/save", {"path": "enc"}) == {"path": "enc", "steps": 13}
+    assert post_ok(server, "/mezo/save", {"path": "enc"}) == {"path": "enc", "steps": 13}
     assert not torch.allclose(after, before, atol=1e-6)
     assert torch.allclose(after, _reference(str(save_dir / "enc" / "model")), atol=1e-4)
     assert (save_dir / "enc" / "model" / "modeling_mean_pool.py").is_file()  # transformers can load it too
 
-    assert _post(server, "/mezo/rollback", {"steps": 13}) == {"steps": 0, "rolled_back": 13}
+    assert post_ok(server, "/mezo/rollback", {"steps": 13}) == {"steps": 0, "rolled_back": 13}
     assert requests.get(server + "/mezo/checksum", timeout=120).json() == sha0  # bit for bit
     assert torch.allclose(_classify(server), before, atol=1e-6)  # (how SGLang batches may move the last bit)
 
@@ -135,7 +129,7 @@ def test_what_an_encoder_cannot_do_gets_a_4xx(server, body, match):
 
 
 def test_class_id_examples_step(server):
-    res = _post(server, "/mezo/step", {"examples": [{"prompt": t, "label": i % 2} for i, t in enumerate(TEXTS)],
+    res = post_ok(server, "/mezo/step", {"examples": [{"prompt": t, "label": i % 2} for i, t in enumerate(TEXTS)],
                                        "lr": 1e-3, "eps": 1e-2, "objective": "accuracy", "seed": 1})
     assert all(-1 <= v <= 0 for v in res["loss_plus"] + res["loss_minus"])
-    _post(server, "/mezo/rollback", {"steps": 1})
+    post_ok(server, "/mezo/rollback", {"steps": 1})

@@ -6,7 +6,7 @@ import time
 import pytest
 import requests
 
-from serve_helpers import running_server
+from serve_helpers import running_server, post_ok
 
 EXAMPLES = [{"prompt": "the movie was good It was", "answers": ["great", "good"]},
             {"prompt": "boring and awful It was", "answers": "terrible"},
@@ -23,38 +23,32 @@ def server(tiny_model, tmp_path_factory):
         yield url
 
 
-def post(url, path, body, expect=200):
-    r = requests.post(url + path, json=body, timeout=300)
-    assert r.status_code == expect, (path, r.status_code, r.text)
-    return r.json()
-
-
 def checksum(url):
     return requests.get(url + "/mezo/checksum", timeout=120).json()["weights_sha256"]
 
 
 def serves(url):
-    out = post(url, "/generate", {"text": "a fun film", "sampling_params": {"max_new_tokens": 3}})
+    out = post_ok(url, "/generate", {"text": "a fun film", "sampling_params": {"max_new_tokens": 3}})
     return len(out["output_ids"]) == 3
 
 
 def test_reward_step_on_served_generations(server):
     before = checksum(server)
-    res = post(server, "/mezo/step", {**STEP, "objective": "length", "temperature": 1.0})
+    res = post_ok(server, "/mezo/step", {**STEP, "objective": "length", "temperature": 1.0})
     # loss = −mean reward of the generations; the reward watched is the same quantity
     assert res["reward"] == pytest.approx(-(res["loss_plus"][0] + res["loss_minus"][0]) / 2)
     assert res["generate_s"] > 0 and "lm_loss" not in res
     assert res["projected_grad"][0] == pytest.approx((res["loss_plus"][0] - res["loss_minus"][0]) / 0.1)
     assert (checksum(server) != before) == (res["projected_grad"][0] != 0)
-    res = post(server, "/mezo/step", {**STEP, "objective": "lm"})       # the differentiable comparison
+    res = post_ok(server, "/mezo/step", {**STEP, "objective": "lm"})       # the differentiable comparison
     assert res["loss_plus"][0] > 0 and res["projected_grad"][0] != 0
-    res = post(server, "/mezo/step", {**STEP})                           # default: f1 on the answers
+    res = post_ok(server, "/mezo/step", {**STEP})                           # default: f1 on the answers
     assert -1 <= res["loss_plus"][0] <= 0
     assert serves(server)
 
 
 def test_train_on_a_generation_task(server):
-    post(server, "/mezo/train", {"task": "nq_open", "steps": 2, "lr": 1e-4, "eps": 1e-2, "batch_size": 2,
+    post_ok(server, "/mezo/train", {"task": "nq_open", "steps": 2, "lr": 1e-4, "eps": 1e-2, "batch_size": 2,
                                  "seed": 1, "max_new_tokens": 4}, 202)
     deadline = time.time() + 600
     while (st := requests.get(server + "/mezo/status", timeout=60).json())["running"]:

@@ -6,7 +6,7 @@ import pytest
 import requests
 import torch
 
-from serve_helpers import running_server
+from serve_helpers import running_server, post_ok
 from sglang_mezo.mezo import StepRecord, replay_step
 from sglang_mezo.tasks import Example
 
@@ -30,12 +30,6 @@ def server(tiny_model, save_dir, tmp_path_factory):
         yield url
 
 
-def _post(url, path, body, expect=200):
-    r = requests.post(url + path, json=body, timeout=300)
-    assert r.status_code == expect, (path, r.status_code, r.text)
-    return r.json()
-
-
 def _probe_logprobs(out):
     return [x[0] for x in out["meta_info"]["input_token_logprobs"][1:]]
 
@@ -53,7 +47,7 @@ def test_served_lowrank_steps_equal_offline_merged_steps(server, tiny_model):
     w = hf.weights(hf.pieces, "lowrank", rank=RANK)
     exs = [Example(**e) for e in EXAMPLES]
     for i, (obj, est, n) in enumerate((("ce", "two_point", 2), ("ce", "fzoo", 3), ("lm", "two_point", 1))):
-        res = _post(server, "/mezo/step", {"examples": EXAMPLES, "lr": 5e-2, "eps": 1e-2, "n_queries": n,
+        res = post_ok(server, "/mezo/step", {"examples": EXAMPLES, "lr": 5e-2, "eps": 1e-2, "n_queries": n,
                                            "estimator": est, "objective": obj, "seed": 11 + i})
         assert res["step"] == i + 1 and res["adapters"] == (2 * n if est == "two_point" else n)
         enc = objectives.encode(exs, hf.tokenizer)
@@ -78,10 +72,10 @@ def test_users_never_see_perturbed_weights_and_wait_at_most_one_update(server, t
     idle = []
     for _ in range(5):
         t = time.perf_counter()
-        _post(server, "/generate", PROBE)
+        post_ok(server, "/generate", PROBE)
         idle.append(time.perf_counter() - t)
     start = requests.get(server + "/mezo/status", timeout=60).json()["steps"]
-    _post(server, "/mezo/train", {"task": "sst2", "steps": 10, "lr": 5e-2, "eps": 1e-2, "batch_size": 8,
+    post_ok(server, "/mezo/train", {"task": "sst2", "steps": 10, "lr": 5e-2, "eps": 1e-2, "batch_size": 8,
                                   "n_queries": 2, "seed": 5, "interval_s": 0}, expect=202)
     probes = []
 
@@ -91,7 +85,7 @@ def test_users_never_see_perturbed_weights_and_wait_at_most_one_update(server, t
     while True:
         before = done()
         t = time.perf_counter()
-        out = _post(server, "/generate", PROBE)
+        out = post_ok(server, "/generate", PROBE)
         lat = time.perf_counter() - t
         after = done()
         probes.append((start + before["done"], start + after["done"], lat, _probe_logprobs(out)))
@@ -101,7 +95,7 @@ def test_users_never_see_perturbed_weights_and_wait_at_most_one_update(server, t
     assert prog["error"] is None and prog["done"] == 10
     bound = prog["max_update_s"] + prog["max_forward_s"] + max(idle) + 1.0
     assert max(p[2] for p in probes) <= bound, ([round(p[2], 3) for p in probes], prog, idle)
-    _post(server, "/mezo/save", {"path": "lowrank_run"})
+    post_ok(server, "/mezo/save", {"path": "lowrank_run"})
     traj = save_dir / "lowrank_run" / "trajectory.jsonl"
     tok = AutoTokenizer.from_pretrained(tiny_model)
     ids = torch.tensor([tok.encode(PROBE["text"])])

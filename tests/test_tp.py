@@ -6,7 +6,7 @@ import torch
 from safetensors.torch import load_file
 
 from conftest import cli
-from serve_helpers import running_server
+from serve_helpers import running_server, post_ok
 
 EX = [{"prompt": "the movie was good It was", "candidates": [" terrible", " great"], "label": 1},
       {"prompt": "boring plot and bad acting It was", "candidates": [" terrible", " great"], "label": 0},
@@ -30,20 +30,14 @@ def tp2(tiny_model, save_dir, tmp_path_factory):
         yield url
 
 
-def _post(url, path, body, expect=200):
-    r = requests.post(url + path, json=body, timeout=300)
-    assert r.status_code == expect, (path, r.status_code, r.text)
-    return r.json()
-
-
 def test_tp2_step_save_replay_match_tp1(tp2, tiny_model, sglang_backend, save_dir, tmp_path):
     from sglang_mezo import objectives, tasks
     from sglang_mezo.mezo import replay_step
     from sglang_mezo.trajectory import read
 
-    res = [_post(tp2, "/mezo/step", {**STEP, "objective": obj}) for obj in ("ce", "lm", "ce")]
+    res = [post_ok(tp2, "/mezo/step", {**STEP, "objective": obj}) for obj in ("ce", "lm", "ce")]
     assert [r["step"] for r in res] == [1, 2, 3]
-    assert _post(tp2, "/mezo/save", {"path": "tp2"}) == {"path": "tp2", "steps": 3}
+    assert post_ok(tp2, "/mezo/save", {"path": "tp2"}) == {"path": "tp2", "steps": 3}
     saved = load_file(str(save_dir / "tp2/model/model.safetensors"))
     base = load_file(f"{tiny_model}/model.safetensors")
     # every rank's shard arrived: (nearly) every element moved; a missing shard would be a block left at
@@ -78,12 +72,12 @@ def test_tp2_step_save_replay_match_tp1(tp2, tiny_model, sglang_backend, save_di
 
 
 def test_tp2_bad_save_is_refused_on_every_rank_and_serving_continues(tp2):
-    _post(tp2, "/mezo/save", {"path": "twice"})
+    post_ok(tp2, "/mezo/save", {"path": "twice"})
     r = requests.post(tp2 + "/mezo/save", json={"path": "twice"}, timeout=120)
     assert r.status_code == 409 and "already exists" in r.json()["error"]
     # no rank is left waiting in the gather: the next calls work
-    assert _post(tp2, "/mezo/save", {"path": "twice", "overwrite": True})["path"] == "twice"
-    out = _post(tp2, "/generate", {"text": "It was", "sampling_params": {"max_new_tokens": 3}})
+    assert post_ok(tp2, "/mezo/save", {"path": "twice", "overwrite": True})["path"] == "twice"
+    out = post_ok(tp2, "/generate", {"text": "It was", "sampling_params": {"max_new_tokens": 3}})
     assert out["meta_info"]["completion_tokens"] >= 1
     assert len(requests.get(tp2 + "/mezo/checksum", timeout=120).json()["weights_sha256"]) == 64
 

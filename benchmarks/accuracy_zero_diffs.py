@@ -23,14 +23,16 @@ def main():
     ap.add_argument("--eps", default="1e-3,1e-2")
     args = ap.parse_args()
     from sglang_mezo import cpu_shims
+    from sglang_mezo import perturb
 
     cpu_shims.install()
-    from sglang_mezo import objectives, tasks
+    from sglang_mezo import tasks
+    from sglang_mezo.objectives import label_words as objectives
     from sglang_mezo.backends import make_backend
     from sglang_mezo.models import embedded_default_model
 
     backend = make_backend("sglang", embedded_default_model())
-    weights = backend.weights(backend.pieces, "layerwise")
+    weights = perturb.make("layerwise", backend.pieces, backend)
     train = tasks.load_split(tasks.get_task("sst2"), "train")
     rng = random.Random(0)
     rows = []

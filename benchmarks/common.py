@@ -215,7 +215,7 @@ def random_llama(size: str, dtype: str = "bfloat16", root: str | None = None) ->
     from transformers import AutoModelForCausalLM, LlamaConfig
 
     from sglang_mezo.backends.base import hf_dtype
-    from sglang_mezo.models import make_tiny_llama
+    from tests.tiny_models import make_tiny_llama
 
     tmp = base / f".build-{size}-{dtype}-{os.getpid()}"
     tmp.mkdir(parents=True, exist_ok=True)
@@ -251,7 +251,7 @@ def probe_sglang() -> int:
 
     from sglang_mezo.backends import make_backend
     from sglang_mezo.backends.base import ScoreRequest
-    from sglang_mezo.models import make_tiny_llama
+    from tests.tiny_models import make_tiny_llama
 
     path = make_tiny_llama(tempfile.mkdtemp(prefix="probe-"))
     b = make_backend("sglang", path, "bfloat16" if torch.cuda.is_available() else "float32")

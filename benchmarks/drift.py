@@ -49,7 +49,7 @@ def main():
 
     args.dtype = args.dtype or "float32"  # unused: every dtype in --dtypes runs
     if args.model is None and args.llama is None:
-        from sglang_mezo.models import make_tiny_llama
+        from tests.tiny_models import make_tiny_llama
 
         model_path = make_tiny_llama(tempfile.mkdtemp(prefix="drift-tiny-"), layers=args.layers)
         setup(args)
@@ -61,7 +61,8 @@ def main():
 
     from transformers import AutoModelForCausalLM
 
-    from sglang_mezo import objectives
+    from sglang_mezo.objectives import label_words as objectives
+    from sglang_mezo import perturb
     from sglang_mezo.backends import make_backend
     from sglang_mezo.backends.base import hf_dtype
     from sglang_mezo.mezo import mezo_step
@@ -90,7 +91,7 @@ def main():
             else:
                 backend = make_backend("hf", model_path, dt)
                 enc = objectives.encode(exs, backend.tokenizer, spec.single_token_labels)
-                weights = backend.weights(backend.pieces, "layerwise" if method == "ours" else "inplace")
+                weights = perturb.make("layerwise" if method == "ours" else "inplace", backend.pieces, backend)
                 loss = lambda: objectives.ce(objectives.candidate_scores(backend, enc), enc.labels)  # noqa: E731
                 params = lambda: [(q.hf_name, q.view) for q in backend.pieces]  # noqa: E731
                 cycle = lambda k: mezo_step(weights, loss, [k], cfg, k)  # noqa: E731

@@ -34,7 +34,7 @@ def main():
     model_path = setup(args)
     start_info = machine_info()
 
-    from sglang_mezo import objectives
+    from sglang_mezo.objectives import label_words as objectives
     from sglang_mezo.backends import make_backend
 
     ours = make_backend(args.backend, model_path, args.dtype)

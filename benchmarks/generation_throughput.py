@@ -30,7 +30,8 @@ def main():
     model_path = setup(args)
     start = machine_info()
 
-    from sglang_mezo import reward_objectives as ro
+    from sglang_mezo.objectives import generation as ro
+    from sglang_mezo import perturb
     from sglang_mezo import rewards, tasks
     from sglang_mezo.backends import make_backend
     from sglang_mezo.mezo import mezo_step
@@ -63,7 +64,7 @@ def main():
     fn = rewards.get_reward("f1")
     split = {}
     for mode in ("inplace", "layerwise"):
-        weights = sgl.weights(sgl.pieces, mode)
+        weights = perturb.make(mode, sgl.pieces, sgl)
         rows = []
         for r in range(repeats):
             m = ro.Measure(sgl, batch, "f1", "f1", fn, gen, seed=r, watch=False)

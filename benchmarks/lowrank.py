@@ -37,9 +37,11 @@ def main():
     model_path = setup(args)
     start = machine_info()
 
-    from sglang_mezo import lowrank, objectives
+    from sglang_mezo.objectives import label_words as objectives
+    from sglang_mezo import perturb
+    from sglang_mezo.perturb import lowrank
     from sglang_mezo.backends import make_backend
-    from sglang_mezo.lowrank import adapter_config, adapter_tensors
+    from sglang_mezo.perturb.lowrank import adapter_config, adapter_tensors
 
     B = 4 if args.quick else args.batch
     max_n = max(ns)
@@ -55,7 +57,7 @@ def main():
     from sglang.srt.lora.lora_registry import LoRARef
 
     rows, out = [], {"batch": B, "prompt_tokens": sum(len(r.ids) for r in reqs), "rows": []}
-    layerwise = backend.weights(backend.pieces, "layerwise")
+    layerwise = perturb.make("layerwise", backend.pieces, backend)
     for r in ranks:
         for n in ns:
             k = 2 * n
@@ -92,7 +94,7 @@ def main():
                          t_build["median_ms"], t_load["median_ms"]])
             print(json.dumps(row), flush=True)
     # the update: low-rank in place vs a full-rank sweep, per step
-    w = {r: backend.weights(pieces, "lowrank", rank=r) for r in ranks}
+    w = {r: perturb.make("lowrank", pieces, backend, rank=r) for r in ranks}
     upd = {f"lowrank_r{r}": (lambda r=r: w[r].update(1, 0.0 + 1e-12, 0.0)) for r in ranks}
     upd["fullrank_sweep"] = lambda: layerwise.update(1, 1e-12, 0.0)
     tu = interleaved(upd, repeats=max(2, repeats // 2))

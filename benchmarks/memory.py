@@ -87,7 +87,8 @@ def child(kind: str, a: dict) -> dict:
 
     if a.get("threads"):
         torch.set_num_threads(a["threads"])
-    from sglang_mezo import objectives
+    from sglang_mezo.objectives import label_words as objectives
+    from sglang_mezo import perturb
     from sglang_mezo.backends import make_backend
     from sglang_mezo.mezo import mezo_step
     from sglang_mezo.settings import Settings
@@ -135,7 +136,7 @@ def child(kind: str, a: dict) -> dict:
                     objectives.ce(objectives.candidate_scores(backend, enc), enc.labels)
         else:
             mode = kind.split("_", 1)[1]
-            weights = backend.weights(pieces, mode)
+            weights = perturb.make(mode, pieces, backend)
             loss = lambda: objectives.ce(objectives.candidate_scores(backend, enc), enc.labels)  # noqa: E731
             cfg = Settings(lr=1e-6, eps=1e-3)
 

@@ -55,7 +55,7 @@ def main():
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "serve_latency.json"))
     args = ap.parse_args()
     sys.path.insert(0, str(ROOT))
-    from sglang_mezo.models import make_tiny_llama
+    from tests.tiny_models import make_tiny_llama
 
     model = args.model or make_tiny_llama(tempfile.mkdtemp(prefix="tiny_llama_"))
     results = [run_mode(model, mode, args) for mode in args.perturbs.split(",")]

@@ -35,7 +35,8 @@ def main():
     model_path = setup(args)
     start_info = machine_info()
 
-    from sglang_mezo import objectives
+    from sglang_mezo.objectives import label_words as objectives
+    from sglang_mezo import perturb
     from sglang_mezo.backends import make_backend
     from sglang_mezo.mezo import mezo_step
     from sglang_mezo.settings import Settings
@@ -46,7 +47,7 @@ def main():
     pieces = backend.pieces
     n_params = sum(p.view.numel() for p in pieces)
     cfg = Settings(lr=args.lr, eps=args.eps)
-    weights = {m: backend.weights(pieces, m) for m in ("layerwise", "inplace")}
+    weights = {m: perturb.make(m, pieces, backend) for m in ("layerwise", "inplace")}
     print(f"model {model_path} ({n_params / 1e6:.1f} M params, {args.dtype}), backend {args.backend}, "
           f"{repeats} repeats, {torch.get_num_threads()} threads ({args.threads_note})")
 
@@ -101,7 +102,7 @@ def main():
         main_t = interleaved({"two_forwards": two_forwards, "step_layerwise": step("layerwise"),
                               "step_inplace": step("inplace")}, repeats=repeats, warmup=1)
         res = backend.score(enc.requests)
-        obj_t = timeit(lambda: objectives.ce(objectives._scores(res, enc), enc.labels),
+        obj_t = timeit(lambda: objectives.ce(objectives.scores(res, enc), enc.labels),
                        repeats=max(repeats, 5), warmup=1)
         fwd = main_t["two_forwards"]
         breakdown, ratios = {}, {}

@@ -35,7 +35,8 @@ def main():
 
     from transformers import AutoModelForCausalLM
 
-    from sglang_mezo import objectives
+    from sglang_mezo.objectives import label_words as objectives
+    from sglang_mezo import perturb
     from sglang_mezo.backends import make_backend
     from sglang_mezo.backends.base import hf_dtype
     from sglang_mezo.mezo import mezo_step
@@ -62,7 +63,7 @@ def main():
 
     np.random.seed(0)  # MeZO draws each step's seed from NumPy's global generator
     cfg = Settings(lr=args.lr, eps=args.eps)
-    weights = {m: ours.weights(ours.pieces, m) for m in ("layerwise", "inplace")}
+    weights = {m: perturb.make(m, ours.pieces, ours) for m in ("layerwise", "inplace")}
     seed = [0]
 
     def our_step(mode):

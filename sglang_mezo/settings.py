@@ -11,6 +11,8 @@ import math
 import random
 from dataclasses import dataclass, field, fields
 
+from .estimators import ESTIMATORS
+
 MAX_BATCH = 1024   # examples in one step (and one /mezo/step request)
 
 
@@ -41,7 +43,7 @@ class Settings:
     eps: float = _s(1e-3, "perturbation scale ε", 1e-8, 1, http=True)
     weight_decay: float = _s(0.0, "weight decay (not on biases and norms)", 0, 1, http=True)
     estimator: str = _s("two_point", "two_point | one_point | fzoo (one-sided, n >= 2 directions, step / σ "
-                        "of the perturbed losses)", choices=("two_point", "one_point", "fzoo"), http=True)
+                        "of the perturbed losses)", choices=tuple(ESTIMATORS), http=True)
     n_queries: int = _s(1, "n-SPSA: seeds per step, projected gradients averaged", 1, 64, http=True)
     # generation tasks
     max_new_tokens: int | None = _s(None, "generation tasks: tokens per generation (default: the task's; "

@@ -13,6 +13,7 @@ import torch
 
 from .backends.base import Piece
 from .mezo import StepRecord, replay_step
+from .perturb import make
 
 FORMAT = "sglang_mezo.trajectory/1"
 
@@ -103,7 +104,7 @@ def rewind(backend, pieces: list[Piece], perturb: str, records, rank: int | None
     """The engine's weights at the end of `records`, without a second copy of the model: the base
     weights back in place, then the records replayed (best dev step, rollback)."""
     backend.load_base()
-    redo = backend.weights(pieces, perturb, replay=True, rank=rank)
+    redo = make(perturb, pieces, backend, replay=True, rank=rank)
     for rec in records:
         replay_step(redo, rec)
 
@@ -113,8 +114,6 @@ def replay(base_model: str, trajectory: str | Path, upto: int | None = None) -> 
     from .backends.base import hf_dtype
 
     header, records = read(trajectory)
-    from .perturb import make
-
     pieces = checkpoint_pieces(base_model, header["trainable_names"], hf_dtype(header["dtype"]))
     weights = make(header.get("perturb", "inplace"), pieces, replay=True, rank=header.get("rank"))
     for rec in records:

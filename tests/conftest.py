@@ -18,14 +18,14 @@ ROOT = Path(__file__).resolve().parents[1]
 
 @pytest.fixture(scope="session")
 def tiny_model(tmp_path_factory) -> str:
-    from sglang_mezo.models import make_tiny_llama
+    from tests.tiny_models import make_tiny_llama
 
     return make_tiny_llama(str(tmp_path_factory.mktemp("tiny_llama")))
 
 
 @pytest.fixture(scope="session")
 def tiny_tied_model(tmp_path_factory) -> str:
-    from sglang_mezo.models import make_tiny_llama
+    from tests.tiny_models import make_tiny_llama
 
     return make_tiny_llama(str(tmp_path_factory.mktemp("tiny_tied")), tie_word_embeddings=True,
                            vocab_size=1003, seed=1)

@@ -8,6 +8,7 @@ import sys
 import torch
 
 from sglang_mezo import cpu_shims
+from sglang_mezo import perturb
 
 TEXTS = ["the movie was good", "boring and awful film .", "a very fun story , not the acting", "great",
          "not the acting , not the plot , it was terrible and the story was boring too"]
@@ -23,7 +24,7 @@ def logits_gap(sgl, hf) -> tuple[float, list]:
 def run(model_dir: str) -> dict:
     cpu_shims.install()
     from sglang_mezo.backends import make_backend
-    from sglang_mezo.class_objectives import ClassBatch, ce
+    from sglang_mezo.objectives.class_logits import ClassBatch, ce
     from sglang_mezo.noise import Add, Update
     from sglang_mezo.noise_sweep import sweep
 
@@ -36,7 +37,7 @@ def run(model_dir: str) -> dict:
     alone = torch.cat([sgl.classify([x]) for x in ids])
     res["batch_vs_alone"] = float((alone - sgl.classify(ids)).abs().max())
     # the objectives read the logits only: equal logits (to 1e-4) must give the same predictions
-    from sglang_mezo.class_objectives import accuracy
+    from sglang_mezo.objectives.class_logits import accuracy
 
     labels = torch.tensor([i % sgl.num_labels for i in range(len(TEXTS))])
     res["accuracy"] = [accuracy(b.classify(ids), labels) for b in (sgl, hf)]
@@ -61,9 +62,9 @@ def run(model_dir: str) -> dict:
     for name, b in (("sglang", sgl), ("hf", hf)):
         loss = lambda b=b: ce(b.classify(batch.ids), batch.labels)  # noqa: E731
         before = [p.view.clone() for p in b.pieces]
-        lw = b.weights(b.pieces, "layerwise").losses(77, [1e-2], loss)[0]
+        lw = perturb.make("layerwise", b.pieces, b).losses(77, [1e-2], loss)[0]
         exact = all(torch.equal(x, p.view) for x, p in zip(before, b.pieces))
-        ip = b.weights(b.pieces, "inplace")
+        ip = perturb.make("inplace", b.pieces, b)
         l_ip = ip.losses(77, [1e-2], loss)[0]
         ip.flush()
         res[f"{name}_windows"] = {"loss_equal": lw == l_ip, "exact": exact, "moved": lw != loss(),

@@ -8,6 +8,7 @@ import sys
 import torch
 
 from sglang_mezo import cpu_shims
+from sglang_mezo import perturb
 
 PROMPTS = ["the movie was good It was", "boring and awful film . It was", "a very fun story It was",
            "not the acting , not the plot It was"]
@@ -71,16 +72,16 @@ def run(model_dir: str) -> dict:
 def windows_see_the_perturbed_model(backend, seed: int = 77, eps: float = 1e-2) -> dict:
     """L(θ+εz) through exact per-module windows equals L(θ+εz) with every weight perturbed in place, bit
     for bit (so no weight is read outside its window), and the windows leave θ untouched."""
-    from sglang_mezo.objectives import ce, encode, candidate_scores
+    from sglang_mezo.objectives.label_words import ce, encode, candidate_scores
     from sglang_mezo.tasks import Example
 
     ex = [Example(p, [" terrible", " great"], i % 2) for i, p in enumerate(PROMPTS)]
     enc = encode(ex, backend.tokenizer)
     loss = lambda: ce(candidate_scores(backend, enc), enc.labels)  # noqa: E731
     before = [p.view.clone() for p in backend.pieces]
-    lw = backend.weights(backend.pieces, "layerwise").losses(seed, [eps], loss)[0]
+    lw = perturb.make("layerwise", backend.pieces, backend).losses(seed, [eps], loss)[0]
     exact = all(torch.equal(a, p.view) for a, p in zip(before, backend.pieces))
-    ip = backend.weights(backend.pieces, "inplace")
+    ip = perturb.make("inplace", backend.pieces, backend)
     l_ip = ip.losses(seed, [eps], loss)[0]
     ip.flush()
     return {"window_loss_equal": lw == l_ip, "window_exact": exact, "window_loss_moved": lw != loss()}

@@ -10,6 +10,7 @@ from pathlib import Path
 import torch
 
 from sglang_mezo import cpu_shims
+from sglang_mezo import perturb
 
 RANK, EPS = 4, 1e-2
 
@@ -18,7 +19,9 @@ def main(model: str, out: str) -> dict:
     cpu_shims.install()
     from engine_check import requests
 
-    from sglang_mezo import lowrank, objectives, trajectory
+    from sglang_mezo import trajectory
+    from sglang_mezo.objectives import label_words as objectives
+    from sglang_mezo.perturb import lowrank
     from sglang_mezo.backends import make_backend
     from sglang_mezo.mezo import mezo_step
     from sglang_mezo.settings import Settings
@@ -31,8 +34,8 @@ def main(model: str, out: str) -> dict:
     flat = lambda rs: [v for r in rs for v in r.next_logprobs + r.target_logprobs]  # noqa: E731
 
     # 1. an adapter's log-probs equal merged weights W + s·U·Vᵀ/√r (hf)
-    ws = sgl.weights(sgl.pieces, "lowrank", rank=RANK)
-    wh = hf.weights(hf.pieces, "lowrank", rank=RANK)
+    ws = perturb.make("lowrank", sgl.pieces, sgl, rank=RANK)
+    wh = perturb.make("lowrank", hf.pieces, hf, rank=RANK)
     got: dict = {}
     for name, w, b in (("sgl", ws, sgl), ("hf", wh, hf)):
         seen = []
@@ -60,7 +63,7 @@ def main(model: str, out: str) -> dict:
         recs = {}
         for name, b in (("sgl", sgl), ("hf", hf)):
             b.load_base()
-            w = b.weights(lowrank.adaptable(b.pieces)[0], "lowrank", rank=RANK)
+            w = perturb.make("lowrank", lowrank.adaptable(b.pieces)[0], b, rank=RANK)
             loss = lambda b=b: objectives.ce(objectives.candidate_scores(b, enc), enc.labels)  # noqa: E731
             forwards["n"] = 0
             recs[name] = [mezo_step(w, loss, [1000 * s + q for q in range(n)], cfg, s) for s in range(1, 4)]

@@ -1,5 +1,5 @@
 """A user objective (`--objective tests.nan_after:objective`) that turns NaN on its 5th call."""
-from sglang_mezo.objectives import ce
+from sglang_mezo.objectives.label_words import ce
 
 calls = 0
 

@@ -8,6 +8,6 @@ if __name__ == "__main__":
     http_tmp, sched_tmp = sys.argv[1:3]
     os.environ["TMPDIR"] = sched_tmp   # inherited by the processes SGLang spawns (schedulers, detokenizer)
     tempfile.tempdir = http_tmp        # this process only
-    from sglang_mezo.serve.server import main
+    from sglang_mezo.serve.http import main
 
     sys.exit(main(sys.argv[3:]))

@@ -16,7 +16,7 @@ SIGMOID = "torch.nn.modules.activation.Sigmoid"
 
 @pytest.fixture(scope="module")
 def tiny_bert(tmp_path_factory) -> str:
-    from sglang_mezo.models import make_tiny_bert
+    from tests.tiny_models import make_tiny_bert
 
     # with a sentence-transformers activation SGLang would apply: the backend must return raw logits
     return make_tiny_bert(str(tmp_path_factory.mktemp("tiny_bert")), num_labels=3, activation=SIGMOID)
@@ -24,7 +24,7 @@ def tiny_bert(tmp_path_factory) -> str:
 
 @pytest.fixture(scope="module")
 def tiny_bert2(tmp_path_factory) -> str:
-    from sglang_mezo.models import make_tiny_bert
+    from tests.tiny_models import make_tiny_bert
 
     return make_tiny_bert(str(tmp_path_factory.mktemp("tiny_bert2")), num_labels=2, seed=1)
 
@@ -145,7 +145,7 @@ def test_train_replay_eval(tiny_bert2, tmp_path):
 
 
 def test_headless_encoder_gets_seeded_head(tmp_path):
-    from sglang_mezo.models import make_tiny_bert
+    from tests.tiny_models import make_tiny_bert
 
     enc = make_tiny_bert(str(tmp_path / "bert_model"), headless=True)
     out = tmp_path / "run"
@@ -196,7 +196,7 @@ def test_num_labels_on_a_decoder_is_refused(tiny_model, tmp_path):
 
 
 def test_class_objectives_are_the_seed_code():
-    from sglang_mezo import class_objectives as co
+    from sglang_mezo.objectives import class_logits as co
 
     g = torch.Generator().manual_seed(0)
     logits = torch.randn(32, 3, generator=g)

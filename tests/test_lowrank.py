@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from conftest import cli, last_json, run_py
-from sglang_mezo import lowrank
+from sglang_mezo.perturb import lowrank
 from sglang_mezo.backends.base import Piece
 
 

@@ -4,7 +4,8 @@ import math
 import pytest
 import torch
 
-from sglang_mezo import objectives
+from sglang_mezo.objectives import label_words as objectives
+from sglang_mezo import perturb
 from sglang_mezo.mezo import ObjectiveError, mezo_step, replay_step
 from sglang_mezo.settings import Settings
 from sglang_mezo.tasks import Example
@@ -36,7 +37,7 @@ def test_steps_are_deterministic_and_replay_bit_identically(sglang_backend, cfg,
     runs = []
     for _ in range(2):
         b.load_base()
-        w = b.weights(b.pieces, mode)
+        w = perturb.make(mode, b.pieces, b)
         recs = [mezo_step(w, _loss(b, enc), [100 * s + q for q in range(cfg.n_queries)], cfg, s)
                 for s in range(1, 4)]
         runs.append((recs, _weights(b)))
@@ -45,7 +46,7 @@ def test_steps_are_deterministic_and_replay_bit_identically(sglang_backend, cfg,
     b.load_base()
     base = _weights(b)
     assert any(not torch.equal(x, y) for x, y in zip(w1, base)), "training changed nothing"
-    redo = b.weights(b.pieces, mode, replay=True)
+    redo = perturb.make(mode, b.pieces, b, replay=True)
     for rec in r1:  # replay: same arithmetic from the recorded losses, no forward passes
         replay_step(redo, rec)
     assert all(torch.equal(x, y) for x, y in zip(w1, _weights(b)))
@@ -64,7 +65,7 @@ def test_projected_gradient_points_downhill(sglang_backend):
     enc = _batch(b)
     loss = _loss(b, enc)
     before = loss()
-    rec = mezo_step(b.weights(b.pieces), loss, [7], Settings(lr=2e-4, eps=1e-3))
+    rec = mezo_step(perturb.make("layerwise", b.pieces, b), loss, [7], Settings(lr=2e-4, eps=1e-3))
     assert abs(rec.grads[0]) > 0
     assert loss() < before
     b.load_base()
@@ -84,7 +85,7 @@ def test_nan_objective_restores_weights_and_raises(sglang_backend, mode):
         return float("nan") if len(calls) == 2 else v
 
     with pytest.raises(ObjectiveError, match="nan"):
-        mezo_step(b.weights(b.pieces, mode), loss, [3], Settings(lr=1e-3, eps=1e-2))
+        mezo_step(perturb.make(mode, b.pieces, b), loss, [3], Settings(lr=1e-3, eps=1e-2))
     for x, y in zip(base, _weights(b)):
         if mode == "layerwise":
             assert torch.equal(x, y)  # exact
@@ -103,7 +104,7 @@ def test_layerwise_is_exact_and_sees_the_same_perturbed_model(sglang_backend):
     for mode in ("layerwise", "inplace"):
         b.load_base()
         base = _weights(b)
-        w = b.weights(b.pieces, mode)
+        w = perturb.make(mode, b.pieces, b)
         recs = [mezo_step(w, _loss(b, enc), [s], cfg, s) for s in range(1, 9)]
         changed = sum(int((x != y).sum()) for x, y in zip(base, _weights(b)))
         out[mode] = (recs, changed)
@@ -142,7 +143,7 @@ def test_half_precision_layerwise_exact_inplace_drifts(tiny_model, dtype):
     for mode in ("layerwise", "inplace"):
         b.load_base()
         base = _weights(b)
-        w = b.weights(b.pieces, mode)
+        w = perturb.make(mode, b.pieces, b)
         for s in range(20):
             mezo_step(w, _loss(b, enc), [s], Settings(lr=0.0, eps=1e-2))
         counts[mode] = sum(int((x != y).sum()) for x, y in zip(base, _weights(b)))

@@ -4,7 +4,7 @@ import math
 import pytest
 import torch
 
-from sglang_mezo import objectives
+from sglang_mezo.objectives import label_words as objectives
 from sglang_mezo.tasks import Example
 
 

@@ -32,7 +32,7 @@ def env(tmp_path_factory):
     for p in d.values():
         p.mkdir()
     (d["probes"] / "mezo_sec_probe.py").write_text(textwrap.dedent("""
-        from sglang_mezo.objectives import OBJECTIVES
+        from sglang_mezo.objectives.label_words import OBJECTIVES
 
         def neg_ce(out):
             return -OBJECTIVES["ce"](out)
@@ -274,7 +274,7 @@ def test_fuzzed_bodies_get_4xx_and_change_nothing(server):
 
 
 def test_launch_flags_are_checked_before_serving(tmp_path):
-    from sglang_mezo.serve.server import _mezo_flags, _policy_from_flags
+    from sglang_mezo.serve.http import _mezo_flags, _policy_from_flags
 
     ns, rest = _mezo_flags(["--model-path", "m", "--mezo-objective", "negce=sglang_mezo.objectives:ce",
                             "--mezo-save-dir", str(tmp_path), "--port", "1"])

@@ -20,7 +20,8 @@ STEP = {"task": "sst2", "lr": 5e-2, "eps": 1e-2, "batch_size": 8, "seed": 3}
 def mean_bert(tmp_path_factory) -> str:
     """A headless tiny BERT that says (like all-MiniLM-L6-v2) it was trained on the mean of its token
     states, given the seeded 2-class head over that mean: the class SGLang gets from our plugin."""
-    from sglang_mezo.models import encoder_classifier, make_tiny_bert
+    from sglang_mezo.models import encoder_classifier
+    from tests.tiny_models import make_tiny_bert
 
     d = tmp_path_factory.mktemp("mean_bert")
     enc = make_tiny_bert(str(d / "encoder"), headless=True)

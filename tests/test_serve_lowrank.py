@@ -8,6 +8,7 @@ import torch
 
 from serve_helpers import running_server, post_ok
 from sglang_mezo.mezo import StepRecord, replay_step
+from sglang_mezo import perturb
 from sglang_mezo.tasks import Example
 
 RANK = 2
@@ -38,13 +39,13 @@ def test_served_lowrank_steps_equal_offline_merged_steps(server, tiny_model):
     """Three served steps (ce, ce again on the same prompts, then lm: next-token and span log-probs)
     equal the same steps on transformers with the directions merged (hf backend). The repeated prompts
     would expose any KV reused from the previous step's adapters or weights."""
-    from sglang_mezo import objectives
+    from sglang_mezo.objectives import label_words as objectives
     from sglang_mezo.backends import make_backend
     from sglang_mezo.mezo import estimate, points
     from sglang_mezo.settings import Settings
 
     hf = make_backend("hf", tiny_model)
-    w = hf.weights(hf.pieces, "lowrank", rank=RANK)
+    w = perturb.make("lowrank", hf.pieces, hf, rank=RANK)
     exs = [Example(**e) for e in EXAMPLES]
     for i, (obj, est, n) in enumerate((("ce", "two_point", 2), ("ce", "fzoo", 3), ("lm", "two_point", 1))):
         res = post_ok(server, "/mezo/step", {"examples": EXAMPLES, "lr": 5e-2, "eps": 1e-2, "n_queries": n,
@@ -128,15 +129,15 @@ def test_bad_lowrank_request_is_refused_before_any_step(server):
 
 def test_serve_lowrank_flags_are_refused_with_the_train_flags_messages():
     """`serve --mezo-perturb/--mezo-rank` are checked by the one Settings definition, as train's flags."""
-    from sglang_mezo.serve import server
+    from sglang_mezo.serve import http as server
     from sglang_mezo.settings import SettingError, Settings
 
-    for perturb, rank in (("lowrank", None), ("layerwise", "3"), ("lowrank", "0"), ("bogus", None),
+    for mode, rank in (("lowrank", None), ("layerwise", "3"), ("lowrank", "0"), ("bogus", None),
                           ("lowrank", "x")):
-        argv = ["--mezo-perturb", perturb] + ([] if rank is None else ["--mezo-rank", rank])
+        argv = ["--mezo-perturb", mode] + ([] if rank is None else ["--mezo-rank", rank])
         ns, rest = server._mezo_flags(argv)
         with pytest.raises(SystemExit) as served:
             server._lowrank_flags(ns, rest)
         with pytest.raises(SettingError) as trained:
-            Settings(perturb=perturb, rank=int(rank) if rank and rank.isdigit() else rank)
+            Settings(perturb=mode, rank=int(rank) if rank and rank.isdigit() else rank)
         assert str(served.value).endswith(str(trained.value))

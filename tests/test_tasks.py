@@ -251,8 +251,8 @@ def test_yaml_task_file(tmp_path):
 def test_copa_encodes_as_multi_token_spans(tmp_path):
     from transformers import AutoTokenizer
 
-    from sglang_mezo.models import make_tiny_llama
-    from sglang_mezo.objectives import encode
+    from tests.tiny_models import make_tiny_llama
+    from sglang_mezo.objectives.label_words import encode
 
     tok = AutoTokenizer.from_pretrained(make_tiny_llama(str(tmp_path / "m")))
     exs = load_split(tasks.COPA, "train")[:4]
@@ -270,7 +270,7 @@ def test_label_words_are_single_tokens_for_a_real_bpe_tokenizer(embedded_model):
     """SmolLM2's GPT-2-style BPE (the tiny model's vocabulary is too small for this check)."""
     from transformers import AutoTokenizer
 
-    from sglang_mezo.objectives import encode
+    from sglang_mezo.objectives.label_words import encode
 
     tok = AutoTokenizer.from_pretrained(embedded_model)
     for name, spec in CLASSIFICATION.items():

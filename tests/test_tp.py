@@ -31,7 +31,9 @@ def tp2(tiny_model, save_dir, tmp_path_factory):
 
 
 def test_tp2_step_save_replay_match_tp1(tp2, tiny_model, sglang_backend, save_dir, tmp_path):
-    from sglang_mezo import objectives, tasks
+    from sglang_mezo import tasks
+    from sglang_mezo import perturb
+    from sglang_mezo.objectives import label_words as objectives
     from sglang_mezo.mezo import replay_step
     from sglang_mezo.trajectory import read
 
@@ -55,8 +57,8 @@ def test_tp2_step_save_replay_match_tp1(tp2, tiny_model, sglang_backend, save_di
     b = sglang_backend
     exs = [tasks.Example(e["prompt"], e["candidates"], e["label"]) for e in EX]
     enc = objectives.encode(exs, b.tokenizer, True)
-    weights = b.weights(b.pieces, "layerwise")
-    redo = b.weights(b.pieces, "layerwise", replay=True)
+    weights = perturb.make("layerwise", b.pieces, b)
+    redo = perturb.make("layerwise", b.pieces, b, replay=True)
     try:
         for rec, obj in zip(records, ("ce", "lm", "ce")):
             f = objectives.get_objective(obj)

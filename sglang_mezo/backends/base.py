@@ -15,6 +15,7 @@ from typing import Sequence
 
 import torch
 
+from .generation import GenerateParams, Sampler, Stops, check_params
 from .piece import BackendError, Piece  # noqa: F401  (re-exported: the interface's types)
 
 
@@ -48,8 +49,6 @@ class Backend:
                  stop: Sequence[str] = (), seed: int = 0) -> list:
         """Continue each prompt (text, or token ids) — greedy, or sampled with per-request seeds derived
         from `seed` (backends/generation.py) — until EOS, a stop string or max_new_tokens."""
-        from .generation import GenerateParams, Sampler, Stops, check_params
-
         p = GenerateParams(max_new_tokens, float(temperature), float(top_p), tuple(stop), int(seed))
         ids = [list(x) if not isinstance(x, str) else self.tokenizer.encode(x) for x in prompts]
         check_params(p, [len(i) for i in ids], self.context_len)
@@ -71,15 +70,10 @@ class Backend:
         """The decoder layers, in order, for exact layer-wise perturbation (None: not found)."""
         return decoder_layers(self.model)
 
-    def weights(self, pieces: list[Piece], mode: str = "layerwise", replay: bool = False,
-                rank: int | None = None):
-        """The step's view of `pieces`: how θ ± εz is visited (perturb.py) and how updates land. Here
-        `lowrank` merges each direction into the weights (the reference); the SGLang backend serves
-        it as LoRA adapters instead."""
-        from ..perturb import make
-
-        return make(mode, pieces, self.layers if mode != "lowrank" else None, self.changed, replay,
-                    self.model, rank=rank)
+    def adapters(self):
+        """Capability: the engine's LoRA adapters for low-rank perturbations (backends/lora.py), or None
+        where the backend has none (low-rank directions are then merged into the weights: the reference)."""
+        return None
 
     def load_base(self) -> None:
         """Put the base checkpoint's weights back, in place."""

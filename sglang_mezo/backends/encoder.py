@@ -2,7 +2,7 @@
 
 SGLang serves these as embedding models (`/classify`): one prefill, its own pooler and classifier
 (`CrossEncodingPooler`), `[B, num_labels]` out. MeZO needs nothing else from the engine: the objective
-(class_objectives.py) reads the logits. Weights are tied to HF names like every backend's; SGLang's
+(objectives/class_logits.py) reads the logits. Weights are tied to HF names like every backend's; SGLang's
 bert.py stacks `self.query/key/value` into `self_attn.qkv_proj` (renaming `self` → `self_attn`), which
 `ENCODER_PACKED` maps back. A headless `BertModel` gets its head from models.encoder_classifier (an HF
 `BertForSequenceClassification` folder), so base weights, export and replay need no special case.
@@ -16,7 +16,7 @@ from typing import Sequence
 import torch
 
 from . import layout, mean_pool_sglang
-from .base import Backend, BackendError, Piece, ScoreRequest, hf_dtype
+from .base import Backend, BackendError, ScoreRequest
 from .mean_pool_hf import ARCH as MEAN_POOL_ARCH
 from .sglang_runner import SGLangBackend
 

@@ -13,7 +13,7 @@ from typing import Sequence
 
 import torch
 
-from .base import BackendError
+from .piece import BackendError
 
 
 @dataclass

@@ -5,7 +5,7 @@ from typing import Sequence
 
 import torch
 
-from .base import Backend, BackendError, Piece, ScoreRequest, ScoreResult, hf_dtype, validate_requests
+from .base import Backend, Piece, ScoreRequest, ScoreResult, hf_dtype, validate_requests
 
 
 class HFBackend(Backend):

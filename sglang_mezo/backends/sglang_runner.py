@@ -8,7 +8,6 @@ so nothing computed under old or perturbed weights is ever reused. Weights chang
 """
 from __future__ import annotations
 
-import uuid
 from array import array
 from typing import Sequence
 
@@ -17,8 +16,6 @@ import torch
 from .. import cpu_shims
 from . import layout
 from .base import Backend, BackendError, Piece, ScoreRequest, ScoreResult, validate_requests
-
-LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
 SGLANG_VERSION = "0.5.23"
 _built: str | None = None
@@ -35,6 +32,7 @@ def check_version() -> None:
 
 class SGLangBackend(Backend):
     name = "sglang"
+    fan = None   # a Fanout while a low-rank step's adapters are loaded (lora.py)
 
     def __init__(self, model_path: str, dtype: str = "float32", *, max_total_tokens: int = 8192,
                  device: str | None = None, verify_layout: bool = True, server_args: dict | None = None,
@@ -58,6 +56,8 @@ class SGLangBackend(Backend):
         if not on_cuda:
             kw.update(device="cpu", attention_backend="torch_native", disable_cuda_graph=True)
         if lora:  # multi-LoRA for low-rank perturbations: lora = {max_lora_rank, max_loras_per_batch}
+            from .lora import LORA_TARGETS
+
             kw.update({"enable_lora": True, "lora_target_modules": list(LORA_TARGETS),
                        "lora_backend": "torch_native" if not on_cuda else "triton", **lora})
         sa = ServerArgs(**kw)
@@ -128,31 +128,26 @@ class SGLangBackend(Backend):
     @torch.no_grad()
     def score(self, requests: Sequence[ScoreRequest]) -> list[ScoreResult]:
         validate_requests(requests, self.vocab_size)
-        fan = getattr(self, "_fan", None)
+        fan = self.fan
         if fan is not None:  # under adapters: every adapter's results from one batch, then this one's
             return fan.results(requests)
-        return self._score_with(requests, [None] * len(requests))
+        return self.score_with(requests, [None] * len(requests))
 
-    def _score_with(self, requests, lora_ids) -> list[ScoreResult]:
+    def score_with(self, requests, lora_ids) -> list[ScoreResult]:
         results: list[ScoreResult] = []
         for chunk in self._chunks(requests, with_index=True):
             results.extend(self._forward([requests[i] for i in chunk], [lora_ids[i] for i in chunk]))
         return results
 
-    def lora_adapters(self) -> "LoRAAdapters":
+    def adapters(self):
         """Low-rank perturbations as adapters of this runner's multi-LoRA (BackendError without LoRA)."""
+        from .lora import LORA_TARGETS, LoRAAdapters
+
         if getattr(self.runner, "lora_manager", None) is None:
             raise BackendError("--perturb lowrank needs SGLang's multi-LoRA: this engine was started without "
                                "it (serve: --enable-lora --max-lora-rank R --max-loras-per-batch N "
                                f"--lora-target-modules {' '.join(LORA_TARGETS)} --lora-backend torch_native)")
         return LoRAAdapters(self)
-
-    def weights(self, pieces, mode: str = "layerwise", replay: bool = False, rank: int | None = None):
-        if mode == "lowrank" and not replay:
-            from ..perturb import make
-
-            return make(mode, pieces, rank=rank, adapters=self.lora_adapters(), on_change=self.changed)
-        return super().weights(pieces, mode, replay, rank)
 
     def _chunks(self, requests, with_index: bool = False):
         """Consecutive requests that fit the KV pool together (their indices with with_index)."""
@@ -323,71 +318,3 @@ def assemble_hf(pieces: list[Piece], complete: bool = False) -> dict[str, torch.
         raise BackendError(f"the TP ranks' shards do not cover {holes[:5]}: the layout of a sharded "
                            "parameter is not what layout.py expects")
     return out
-
-
-class LoRAAdapters:
-    """Low-rank perturbations θ + s·U·Vᵀ as LoRA adapters of the runner's multi-LoRA pool.
-
-    Each `losses` call loads fresh adapters (new uuid lora_ids: SGLang's radix cache keys KV by lora_id,
-    and its LoRA pool caches weights by lora_id, so nothing computed under another step's adapter can
-    be reused), runs every adapter's copy of the batch in one forward, and unloads them."""
-
-    def __init__(self, backend: SGLangBackend):
-        self.backend = backend
-        self.manager = backend.runner.lora_manager
-
-    def limits(self) -> tuple[int, int]:
-        """(max_lora_rank, max_loras_per_batch) the engine was started with."""
-        return self.manager.max_lora_rank, self.manager.max_loras_per_batch
-
-    def check(self, rank: int, n_adapters: int) -> None:
-        from ..lowrank import check_limits
-
-        check_limits(rank, n_adapters, *self.limits())
-
-    def losses(self, tensors: list, config: dict, loss) -> list[float]:
-        """loss() under each adapter (None: the base model), all adapters' requests in one batch."""
-        from sglang.srt.lora.lora_registry import LoRARef
-
-        self.check(config["r"], len(tensors))
-        refs, ids = [], []
-        try:
-            for t in tensors:
-                if t is None:
-                    ids.append(None)
-                    continue
-                tag = uuid.uuid4().hex  # fresh per step: no cached adapter weights or KV can match it
-                ref = LoRARef(lora_id=tag, lora_name=f"mezo-{tag}", lora_path=f"sglang_mezo:lowrank/{tag}",
-                              pinned=False)
-                res = self.backend.runner.load_lora_adapter_from_tensors(ref, t, config)
-                if not res.success:
-                    raise BackendError(f"SGLang refused the low-rank adapter: {res.error_message}")
-                refs.append(ref)
-                ids.append(ref.lora_id)
-            fan = self.backend._fan = _Fanout(self.backend, ids)
-            out = []
-            for i in range(len(ids)):
-                fan.current = i
-                out.append(loss())
-            return out
-        finally:
-            self.backend._fan = None
-            for ref in refs:
-                self.backend.runner.unload_lora_adapter(ref)
-
-
-class _Fanout:
-    """score() under k adapters: the first call runs requests × adapters as one batch, later calls
-    (the other adapters' losses) read their share."""
-
-    def __init__(self, backend, ids):
-        self.backend, self.ids, self.current, self.cache = backend, ids, 0, {}
-
-    def results(self, requests):
-        key = tuple((tuple(r.ids), tuple(r.next_ids), r.target_len) for r in requests)
-        if key not in self.cache:
-            n = len(requests)
-            flat = self.backend._score_with([r for _ in self.ids for r in requests],
-                                            [a for a in self.ids for _ in requests])
-            self.cache[key] = [flat[k * n: (k + 1) * n] for k in range(len(self.ids))]
-        return self.cache[key][self.current]

@@ -65,7 +65,7 @@ class MezoClient:
         """`path`: a folder name under the server's --mezo-save-dir."""
         return self._post("/mezo/save", {"path": path, "overwrite": overwrite})
 
-    # data-parallel replica ops (replica_ops.py; driven by sglang_mezo.replicas)
+    # data-parallel replica ops (serve/ops.py; driven by sglang_mezo.replicas)
     def losses(self, seed: int, scales: list[float], **body) -> dict:
         return self._post("/mezo/losses", {"seed": seed, "scales": scales, **body})
 
@@ -106,33 +106,54 @@ class MezoClient:
 
 
 class EngineTrainer:
-    """The same operations on an `sglang.Engine` (offline engine, same process as the caller)."""
+    """The same operations on an `sglang.Engine` (offline engine, same process as the caller). With
+    SGLANG_MEZO_PERTURB=lowrank (and the engine's LoRA on), a step runs through serve/lowrank.py, the
+    path the HTTP server's low-rank steps take."""
 
     def __init__(self, engine):
         self.engine = engine
 
     def _call(self, op: str, body: dict) -> dict:
-        from .protocol import RequestError, parse_rollback, parse_save, parse_status, parse_step
-
-        check = {"step": parse_step, "rollback": parse_rollback, "save": parse_save,
-                 "status": parse_status}.get(op)
-        if check:
-            try:
-                check(body)
-            except RequestError as e:
-                raise MezoError(e.status, {"error": str(e)}) from None
         from .plugin import call
+        from .protocol import PARSERS, RequestError
 
+        try:
+            PARSERS[op](body)
+        except RequestError as e:
+            raise MezoError(e.status, {"error": str(e)}) from None
         status, result = call(self.engine.send_to_rpc, op, body)  # the socket Engine.collective_rpc uses
         if status >= 300:
             raise MezoError(status, result)
         return result
 
     def step(self, **body) -> dict:
-        return self._call("step", body)
+        import os
+
+        if os.environ.get("SGLANG_MEZO_PERTURB") != "lowrank":
+            return self._call("step", body)
+        from ..objectives.label_words import get_objective
+        from . import lowrank
+
+        async def call(op, args):
+            try:
+                return 200, self._call(op, args)
+            except MezoError as e:
+                return e.status, e.body
+
+        sa = self.engine.server_args
+        try:
+            objective = get_objective(body.get("objective") or "ce")
+        except ValueError as e:
+            raise MezoError(400, {"error": str(e)}) from None
+        status, result = self.engine.loop.run_until_complete(lowrank.step(
+            call, body, self.engine.tokenizer_manager, objective, int(os.environ["SGLANG_MEZO_RANK"]),
+            sa.tp_size, sa.max_lora_rank, sa.max_loras_per_batch))
+        if status >= 300:
+            raise MezoError(status, result)
+        return result
 
     def train(self, steps: int, **body) -> list[dict]:
-        return [self._call("step", body) for _ in range(steps)]
+        return [self.step(**body) for _ in range(steps)]
 
     def rollback(self, steps: int = 1) -> dict:
         return self._call("rollback", {"steps": steps})

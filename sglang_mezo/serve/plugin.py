@@ -58,11 +58,7 @@ class SchedulerSide:
         from .protocol import RequestError
 
         try:
-            from . import replica_ops
-
-            trainer, args = self._trainer(sched), json.loads(args_json)
-            res = replica_ops.handle(trainer, op, args) if op in replica_ops.OPS else trainer.handle(op, args)
-            return {"status": 200, "result": res}
+            return {"status": 200, "result": self._trainer(sched).handle(op, json.loads(args_json))}
         except RequestError as e:
             return {"status": e.status, "result": {"error": str(e)}}
         except ArithmeticError as e:  # NaN objective: weights were restored, the request was at fault
@@ -80,8 +76,8 @@ class SchedulerSide:
 
             from ..backends import attach_backend
             from ..backends.sglang_runner import check_version
+            from .ops import ServedTrainer
             from .policy import Policy
-            from .trainer import ServedTrainer
 
             check_version()  # as the CLI: the pinned SGLang, and (below) the engine layout checked
             backend = attach_backend(sched.tp_worker.model_runner, sched.tokenizer,  # encoder or decoder
@@ -97,7 +93,7 @@ class SchedulerSide:
                 pause=lambda: sched.pause_generation(PauseGenerationReqInput(mode="retract")),
                 resume=lambda: sched.continue_generation(ContinueGenerationReqInput()),
                 flush=flush,
-                perturb=os.environ.get("SGLANG_MEZO_PERTURB", "layerwise"),
+                perturb_mode=os.environ.get("SGLANG_MEZO_PERTURB", "layerwise"),
                 rank=int(os.environ["SGLANG_MEZO_RANK"]) if os.environ.get("SGLANG_MEZO_RANK") else None,
                 policy=Policy.from_env())  # set by `sglang-mezo serve`: requests come over HTTP
         return self.trainer

@@ -15,6 +15,7 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
+from ..objectives import builtin_objectives
 from .protocol import RequestError
 
 ENV = "SGLANG_MEZO_SERVE_POLICY"
@@ -22,13 +23,6 @@ ENV = "SGLANG_MEZO_SERVE_POLICY"
 _NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,99}")
 # what save() writes inside its folder; none of them may be a symlink we would write through
 _SAVE_ENTRIES = ("model", "model.tmp", "model.old", "trajectory.jsonl", "trajectory.jsonl.tmp")
-
-
-def builtin_objectives() -> list[str]:
-    from ..objectives import OBJECTIVES
-    from ..rewards import METRICS  # rewards on generated text (generation steps)
-
-    return sorted(set(OBJECTIVES) | set(METRICS))
 
 
 def builtin_tasks() -> list[str]:
@@ -54,7 +48,7 @@ class Policy:
 
     # -- objectives ------------------------------------------------------------------------------
     def objective(self, name: str) -> str:
-        """What to hand `objectives.get_objective`: a built-in name or the operator's module:function."""
+        """What a family loads (objectives/): a built-in name or the operator's module:function."""
         if not self.restricted or name in builtin_objectives():
             return name
         if name in self.objectives:

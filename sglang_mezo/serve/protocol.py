@@ -1,18 +1,21 @@
-"""The /mezo/* request bodies: validated the same way in the HTTP process (fast 4xx) and the scheduler.
-A step's settings are the CLI's (settings.py: same defaults, ranges and messages).
+"""The /mezo/* requests, typed, parsed in one place: the HTTP process (fast 4xx), the scheduler and
+`EngineTrainer` run the same parser of each operation (`PARSERS`). A step's settings are the CLI's
+(settings.py: same defaults, ranges and messages); a request's own examples are typed by
+objectives.parse_examples.
 
 Every number has a range: a request must not be able to wreck the served weights (lr 1e300), run for
 ever (n_queries 10**9) or exhaust memory (batch_size 10**9) by being merely well-typed.
 """
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import dataclass
-from typing import NamedTuple
 
 from ..settings import MAX_BATCH as MAX_EXAMPLES  # examples in one request (and the largest batch_size)
 from ..settings import Settings, SettingError
-MAX_CANDIDATES = 64
+
+MAX_SCALES = 3   # /mezo/losses: two-point [eps, -eps]; one-point [0] then [eps]
 
 
 class RequestError(ValueError):
@@ -23,31 +26,31 @@ class RequestError(ValueError):
         self.status = status
 
 
-def _num(d: dict, key: str, default=None, *, lo, hi, integer=False):
-    """d[key] (or default) as a number in [lo, hi]."""
-    v = d.get(key, default)
-    if v is None:
-        raise RequestError(f"missing field {key!r}")
-    ok_type = int if integer else (int, float)
-    if isinstance(v, bool) or not isinstance(v, ok_type):
-        raise RequestError(f"field {key!r} must be {'an integer' if integer else 'a number'}, got "
-                           f"{_short(v)}")
-    if isinstance(v, float) and not math.isfinite(v):  # (an int may be too large for math.isfinite)
-        raise RequestError(f"field {key!r} must be finite, got {v!r}")
-    if not lo <= v <= hi:
-        raise RequestError(f"field {key!r} must be between {lo:g} and {hi:g}, got {_short(v)}")
-    return v
-
-
 def _short(v) -> str:
     s = repr(v)
     return s if len(s) <= 40 else s[:37] + "..."
 
 
-def _obj(d) -> dict:
+def _obj(d, fields: set | None = None) -> dict:
     if not isinstance(d, dict):
         raise RequestError("request body must be a JSON object")
+    if fields is not None and set(d) - fields:
+        raise RequestError(f"unknown field(s) {sorted(map(_short, set(d) - fields))}")
     return d
+
+
+def _num(d: dict, key: str, default=None, *, lo, hi, integer=False):
+    """d[key] (or default) as a number in [lo, hi]."""
+    v = d.get(key, default)
+    if v is None:
+        raise RequestError(f"missing field {key!r}")
+    if isinstance(v, bool) or not isinstance(v, int if integer else (int, float)):
+        raise RequestError(f"field {key!r} must be {'an integer' if integer else 'a number'}, got {_short(v)}")
+    if isinstance(v, float) and not math.isfinite(v):  # (an int may be too large for math.isfinite)
+        raise RequestError(f"field {key!r} must be finite, got {v!r}")
+    if not lo <= v <= hi:
+        raise RequestError(f"field {key!r} must be between {lo:g} and {hi:g}, got {_short(v)}")
+    return v
 
 
 def _flag(d: dict, key: str) -> bool:
@@ -57,10 +60,12 @@ def _flag(d: dict, key: str) -> bool:
     return v
 
 
-class StepArgs(NamedTuple):
-    """A /mezo/step body: its settings (the one Settings object) and, instead of a task, its own examples."""
+@dataclass
+class StepArgs:
+    """/mezo/step: its settings (the one Settings object) and, instead of a task, its own examples."""
     settings: Settings
-    examples: list | None   # [{"prompt", "candidates", "label"}] or [{"prompt", "answers"}]
+    examples: list | None = None    # typed (tasks.Example / GenExample), or None: the task's sampler
+    kind: str | None = None         # the examples' family (objectives.EXAMPLE_KINDS)
 
 
 def parse_step(d) -> StepArgs:
@@ -70,71 +75,40 @@ def parse_step(d) -> StepArgs:
     examples, task = d.get("examples"), d.get("task")
     if (examples is None) == (task is None):  # a request names its data (the CLI defaults to a task)
         raise RequestError("give exactly one of 'examples' (a list) or 'task' (a task name)")
+    kind = None
     if examples is not None:
         if not isinstance(examples, list) or not 0 < len(examples) <= MAX_EXAMPLES:
             raise RequestError(f"'examples' must be a list of 1 to {MAX_EXAMPLES} examples")
-        generation = isinstance(examples[0], dict) and "answers" in examples[0]
-        for i, ex in enumerate(examples):
-            if generation:
-                _generation_example(i, ex)
-                continue
-            if isinstance(ex, dict) and "candidates" not in ex:  # a class id for an encoder classifier
-                _class_example(i, ex)
-                continue
-            if not isinstance(ex, dict) or not isinstance(ex.get("prompt"), str) \
-                    or not isinstance(ex.get("candidates"), list) \
-                    or not 2 <= len(ex["candidates"]) <= MAX_CANDIDATES \
-                    or not all(isinstance(c, str) for c in ex["candidates"]):
-                raise RequestError(f"examples[{i}] needs 'prompt' (string) and 'candidates' "
-                                   f"(2 to {MAX_CANDIDATES} strings)")
-            if set(ex) - {"prompt", "candidates", "label"}:
-                raise RequestError(f"examples[{i}] has unknown field(s) "
-                                   f"{sorted(map(_short, set(ex) - {'prompt', 'candidates', 'label'}))}")
-            lab = ex.get("label")
-            if isinstance(lab, bool) or not isinstance(lab, int) or not 0 <= lab < len(ex["candidates"]):
-                raise RequestError(f"examples[{i}].label must be an index into its candidates")
+        from ..objectives import parse_examples
+
+        try:
+            kind, examples = parse_examples(examples)
+        except ValueError as e:
+            raise RequestError(str(e)) from None
     try:
-        return StepArgs(Settings.from_json({k: v for k, v in d.items() if k != "examples"}), examples)
+        return StepArgs(Settings.from_json({k: v for k, v in d.items() if k != "examples"}), examples, kind)
     except SettingError as e:
         raise RequestError(str(e)) from None
 
 
-def _generation_example(i: int, ex) -> None:
-    """{"prompt": str, "answers": str or a list of strings} (the references a reward compares against)."""
-    ans = ex.get("answers") if isinstance(ex, dict) else None
-    ok = isinstance(ans, str) or (isinstance(ans, list) and 0 < len(ans) <= MAX_CANDIDATES
-                                  and all(isinstance(a, str) for a in ans))
-    if not isinstance(ex, dict) or not isinstance(ex.get("prompt"), str) or not ok:
-        raise RequestError(f"examples[{i}] needs 'prompt' (string) and 'answers' (a string or 1 to "
-                           f"{MAX_CANDIDATES} strings), like examples[0]")
-    if set(ex) - {"prompt", "answers"}:
-        raise RequestError(f"examples[{i}] has unknown field(s) {sorted(map(_short, set(ex) - {'prompt', 'answers'}))}")
+@dataclass
+class TrainArgs:
+    steps: int
+    interval_s: float       # pause between steps: serving gets that much time to itself
+    step: dict              # the body of each step (parsed by parse_step)
 
 
-def _class_example(i: int, ex: dict) -> None:
-    """{"prompt": str, "label": class id} (an encoder classifier's head; its size is checked there)."""
-    lab = ex.get("label")
-    if not isinstance(ex.get("prompt"), str) or isinstance(lab, bool) or not isinstance(lab, int) or lab < 0:
-        raise RequestError(f"examples[{i}] needs 'prompt' (string) and either 'candidates' (a language model's "
-                           "label words) with 'label' (an index into them), or 'label' alone (a class id >= 0 "
-                           "of an encoder classifier)")
-    if set(ex) - {"prompt", "label"}:
-        raise RequestError(f"examples[{i}] has unknown field(s) {sorted(map(_short, set(ex) - {'prompt', 'label'}))}")
-
-
-def parse_train(d) -> tuple[int, float, StepArgs]:
-    """steps, interval_s (pause between steps: serving gets that much time to itself), step args."""
+def parse_train(d) -> TrainArgs:
     d = _obj(d)
     steps = _num(d, "steps", lo=1, hi=1_000_000, integer=True)
     interval = _num(d, "interval_s", 0.0, lo=0, hi=3600)
-    return steps, interval, parse_step({k: v for k, v in d.items() if k not in ("steps", "interval_s")})
+    body = {k: v for k, v in d.items() if k not in ("steps", "interval_s")}
+    parse_step(body)
+    return TrainArgs(steps, interval, body)
 
 
 def parse_rollback(d) -> int:
-    d = _obj(d)
-    if set(d) - {"steps"}:
-        raise RequestError(f"unknown field(s) {sorted(map(_short, set(d) - {'steps'}))}")
-    return _num(d, "steps", 1, lo=0, hi=2**63 - 1, integer=True)
+    return _num(_obj(d, {"steps"}), "steps", 1, lo=0, hi=2**63 - 1, integer=True)
 
 
 @dataclass
@@ -144,9 +118,7 @@ class SaveArgs:
 
 
 def parse_save(d) -> SaveArgs:
-    d = _obj(d)
-    if set(d) - {"path", "overwrite"}:
-        raise RequestError(f"unknown field(s) {sorted(map(_short, set(d) - {'path', 'overwrite'}))}")
+    d = _obj(d, {"path", "overwrite"})
     if not isinstance(d.get("path"), str) or not d["path"]:
         raise RequestError("'path' (the folder to write) is required")
     return SaveArgs(d["path"], _flag(d, "overwrite"))
@@ -154,7 +126,88 @@ def parse_save(d) -> SaveArgs:
 
 def parse_status(d) -> bool:
     """Whether to include a checksum of the served weights (costs one pass over them)."""
+    return _flag(_obj(d, {"checksum"}), "checksum")
+
+
+@dataclass
+class LossesArgs:
+    """/mezo/losses: the forward half of a data-parallel step on this replica's shard."""
+    seed: int
+    scales: list[float]     # []: check the request (objective, examples, lengths) without a forward
+    step: StepArgs
+
+
+def parse_losses(d) -> LossesArgs:
     d = _obj(d)
-    if set(d) - {"checksum"}:
-        raise RequestError(f"unknown field(s) {sorted(map(_short, set(d) - {'checksum'}))}")
-    return _flag(d, "checksum")
+    seed, scales = d.get("seed"), d.get("scales")
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**32:
+        raise RequestError("field 'seed' must be an integer in [0, 2**32)")
+    if not isinstance(scales, list) or len(scales) > MAX_SCALES or not all(
+            isinstance(s, (int, float)) and not isinstance(s, bool) and math.isfinite(s) and abs(s) <= 1
+            for s in scales):
+        raise RequestError(f"field 'scales' must be a list of at most {MAX_SCALES} finite numbers in [-1, 1]")
+    rest = {k: v for k, v in d.items() if k not in ("seed", "scales")}
+    if "examples" not in rest:
+        raise RequestError("/mezo/losses takes 'examples' (this replica's shard of the batch), not a task")
+    a = parse_step({**rest, "lr": 0.0})
+    if a.kind != "label_words":
+        raise RequestError("data-parallel steps take classification examples (prompt, candidates, label)")
+    return LossesArgs(seed, [float(s) for s in scales], a)
+
+
+_RECORD = {"step", "seeds", "grads", "lr", "eps", "weight_decay", "estimator", "loss_plus", "loss_minus",
+           "extra"}
+
+
+@dataclass
+class ApplyArgs:
+    """/mezo/apply (and a low-rank step's update): a finished step's record, applied as replay applies it."""
+    record: object          # mezo.StepRecord
+    checksum: bool = False
+
+
+def parse_apply(d) -> ApplyArgs:
+    from ..mezo import StepRecord
+
+    if not isinstance(d, dict) or not isinstance(d.get("record"), dict) or set(d) - {"record", "checksum"}:
+        raise RequestError("/mezo/apply takes {'record': {step, seeds, grads, lr, eps, weight_decay, "
+                           "estimator, loss_plus, loss_minus}, 'checksum': bool}")
+    r = d["record"]
+    if set(r) - _RECORD or _RECORD - {"extra"} - set(r):
+        raise RequestError(f"'record' needs exactly the fields {sorted(_RECORD - {'extra'})} (+ 'extra')")
+
+    def floats(key, n=None):
+        v = r[key]
+        if not isinstance(v, list) or not 0 < len(v) <= 64 or (n is not None and len(v) != n) or not all(
+                isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x) for x in v):
+            raise RequestError(f"record.{key} must be a list of {n or '1 to 64'} finite numbers")
+        return [float(x) for x in v]
+
+    seeds = r["seeds"]
+    if not isinstance(seeds, list) or not 0 < len(seeds) <= 64 or not all(
+            isinstance(s, int) and not isinstance(s, bool) and 0 <= s < 2**32 for s in seeds):
+        raise RequestError("record.seeds must be a list of 1 to 64 integers in [0, 2**32)")
+    step = r["step"]
+    if isinstance(step, bool) or not isinstance(step, int) or step < 1:
+        raise RequestError("record.step must be an integer >= 1")
+    n = len(seeds)
+    rec = StepRecord(step, seeds, floats("grads", n), r["lr"], r["eps"], r["weight_decay"], r["estimator"],
+                     floats("loss_plus", n), floats("loss_minus", n), r.get("extra") or {})
+    try:
+        rec.config()  # lr, eps, weight_decay, estimator: the ranges of any step (settings.py)
+    except ValueError as e:
+        raise RequestError(f"record: {e}") from None
+    if not isinstance(rec.extra, dict) or len(json.dumps(rec.extra)) > 4096:
+        raise RequestError("record.extra must be a small JSON object")
+    return ApplyArgs(rec, _flag(d, "checksum"))
+
+
+def parse_none(d) -> None:
+    if _obj(d):
+        raise RequestError("this operation takes no fields")
+
+
+# every scheduler-side operation and its request's parser (ops.py holds the table of what each does)
+PARSERS = {"step": parse_step, "rollback": parse_rollback, "save": parse_save, "status": parse_status,
+           "losses": parse_losses, "apply": parse_apply, "info": parse_none,
+           "lowrank_plan": parse_step, "lowrank_apply": parse_apply}

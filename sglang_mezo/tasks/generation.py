@@ -45,7 +45,6 @@ class GenerationSpec:
     # row -> (accepted answers, lm target) for fields that need parsing (GSM8K's worked solutions)
     answers_of: Callable[[dict], tuple[list[str], str]] | None = None
     columns = None          # load_split's hooks (header-less CSV/TSV, split selection), unused here
-    tsv_columns = None
     select = None
     kind = "generation"
 

@@ -1,4 +1,4 @@
-"""Objectives on a generation task, and its evaluation.
+"""Generation tasks: objectives on the engine's generated text (rewards) or on the reference answer.
 
   em | f1 | numeric | contains | module:function
         −(mean reward) of the batch's generations at the weights the engine holds now. MeZO calls this at
@@ -16,8 +16,10 @@ import time
 from dataclasses import dataclass, field
 from typing import Sequence
 
-from . import rewards
-from .backends.base import Backend, ScoreRequest
+from .. import rewards
+from ..backends.base import Backend, ScoreRequest
+from ..settings import sample_seed
+from ..tasks import GenExample
 
 LM = "lm"
 
@@ -59,7 +61,8 @@ def lm_loss(backend: Backend, batch: GenBatch) -> float:
 
 @dataclass
 class Measure:
-    """loss() for one MeZO step on one batch; remembers what each call measured and how long it took."""
+    """loss() for one MeZO step on one batch; remembers what each call measured and how long it took
+    (objectives/base.py's Measure interface: `log`, `extra`)."""
     backend: Backend
     batch: GenBatch
     objective: str                  # em | f1 | numeric | contains | module:function | lm
@@ -86,6 +89,21 @@ class Measure:
             rec["lm_s"] = time.perf_counter() - t
         self.calls.append(rec)
         return rec["lm_loss"] if self.objective == LM else -rec["reward"]
+
+    @property
+    def extra(self) -> dict:
+        return {"sample_seed": self.seed}   # replay never re-generates; the record names the seed
+
+    def log(self, step_s: float) -> dict:
+        s = self.summary()
+        split = {k: s.pop(k) for k in ("generate_s", "reward_s", "lm_s")}
+        split["sweeps_and_rest_s"] = step_s - sum(split.values())
+        return {**s, "time_split": split}
+
+    lowrank = False
+
+    def files_extra(self, backend) -> dict:
+        return {"generation": self.gen, "reward": self.reward_name, "dev_metric": self.dev_metric}
 
     def summary(self) -> dict:
         """Means over this step's calls (L+ and L−), and the time spent in each part."""
@@ -123,3 +141,59 @@ def evaluate(backend: Backend, examples: Sequence, metric: str, gen: dict, batch
     if lm_n:
         out["lm_loss"] = lm_sum / lm_n
     return {**out, "n": n}
+
+
+# a request's own generation examples ({"prompt", "answers"}) are scored as this task would score them
+REQUEST_DEFAULTS = {"metric": "f1", "max_new_tokens": 16, "stop": ()}
+
+
+class Generation:
+    """The family of decoders on generation tasks (tasks/generation.py's GenerationSpec)."""
+    name = "generation"
+
+    def __init__(self, cfg, spec=None, resolve=str, watch: bool | None = None):
+        d = REQUEST_DEFAULTS if spec is None else {"metric": spec.metric, "max_new_tokens": spec.max_new_tokens,
+                                                    "stop": spec.stop}
+        name = cfg.objective or d["metric"]
+        if name in ("ce", "accuracy"):
+            what = f"task {spec.name!r}" if spec is not None else "a request with 'answers'"
+            raise ValueError(f"objective {name!r} scores candidates of a classification task; {what} is a "
+                             f"generation task: choose one of {objective_names()} or module:function")
+        self.objective = name if name in objective_names() else resolve(name)
+        check_objective(self.objective)
+        self.cfg, self.spec, self.dev_metric, self.objective_name = cfg, spec, d["metric"], name
+        self.reward_name = d["metric"] if self.objective == LM else self.objective
+        self.reward_fn = rewards.get_reward(self.reward_name)
+        self.watch = cfg.watch if watch is None else watch
+        self.gen = {"max_new_tokens": cfg.max_new_tokens if cfg.max_new_tokens is not None else d["max_new_tokens"],
+                    "temperature": cfg.temperature, "top_p": cfg.top_p, "stop": list(d["stop"])}
+
+    @property
+    def OBJECTIVES(self) -> list[str]:
+        return objective_names()
+
+    def batch(self, backend: Backend, examples: Sequence[GenExample]) -> GenBatch:
+        return encode(examples, backend.tokenizer)
+
+    def longest(self, batch: GenBatch) -> int:
+        return max(len(p) for p in batch.prompt_ids) + self.gen["max_new_tokens"]
+
+    def measure(self, backend: Backend, batch: GenBatch, step: int, watch: bool | None = None) -> Measure:
+        return Measure(backend, batch, self.objective, self.reward_name, self.reward_fn, self.gen,
+                       sample_seed(self.cfg.seed, step), self.watch if watch is None else watch)
+
+    def prepare(self, backend: Backend, data: dict) -> None:
+        """Preflight on two training examples: generation settings and the reward function are checked
+        here, before the run writes anything (a reward that raises, returns NaN or the wrong count)."""
+        self.measure(backend, self.batch(backend, data["train"][:2]), 0, watch=True)()
+
+    def evaluate(self, backend: Backend, examples: Sequence[GenExample], with_lm: bool = True) -> dict:
+        return evaluate(backend, examples, self.dev_metric, self.gen, self.cfg.eval_batch_size,
+                        seed=self.cfg.seed, with_lm=with_lm)
+
+    def summary(self, r: dict) -> dict:
+        return {"task": self.spec.name, "objective": self.objective_name, "dev_metric": self.dev_metric,
+                "zero_shot_test": r["zero_shot"], "test": r["test"], "best_step": r["best_step"],
+                "best_dev": r["best_dev"], "steps": r["steps"], "out": r["out"]}
+
+    panels = (("reward", "train reward (mean of ±)"), ("lm_loss", "train LM loss (mean of ±)"))

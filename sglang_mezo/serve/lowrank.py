@@ -1,6 +1,7 @@
-"""HTTP side of a served low-rank step: the ±ε forwards are ordinary SGLang requests, never a pause.
+"""A served low-rank step — the one path, for HTTP and EngineTrainer: the ±ε forwards are ordinary SGLang
+requests, never a pause.
 
-    plan    RPC lowrank_plan (scheduler: batch, seeds, adapted matrices; no forward)
+    plan    RPC lowrank_plan (scheduler, ops.py: batch, seeds, adapted matrices; no forward)
     load    2n fresh adapters (A = Vᵀ, B = ±ε·U/√r) through the tokenizer manager, as any LoRA load
     score   ONE generate call: every example once per adapter (lora_path), return_logprob, one new token;
             SGLang schedules these beside user traffic (radix KV is keyed by adapter id, and the ids are
@@ -16,6 +17,12 @@ import time
 import uuid
 from dataclasses import asdict
 
+from ..backends.base import ScoreRequest, ScoreResult
+from ..backends.lora import check_limits
+from ..mezo import StepRecord, estimate, points
+from ..objectives import label_words
+from ..perturb.lowrank import adapter_config, adapter_tensors
+from ..tasks import Example
 from .protocol import RequestError, parse_step
 
 
@@ -26,8 +33,6 @@ class _Matrix:
 
 def _results(outs, reqs):
     """ScoreResults from SGLang's per-request meta_info (token_ids_logprob / input_token_logprobs)."""
-    from ..backends.base import ScoreResult
-
     res = []
     for o, (ids, next_ids, t) in zip(outs, reqs):
         meta = o["meta_info"]
@@ -42,16 +47,11 @@ def _results(outs, reqs):
 
 async def step(call, args: dict, tokenizer_manager, objective, rank: int, tp_size: int, max_rank: int,
                max_loras: int) -> tuple[int, dict]:
-    """One low-rank step; `call(op, args)` reaches the schedulers, `objective` is the resolved callable."""
+    """One low-rank step; `call(op, args)` reaches the schedulers (async), `objective` is the resolved
+    callable."""
     from sglang.srt.managers.io_struct import (GenerateReqInput, LoadLoRAAdapterFromTensorsReqInput,
                                                UnloadLoRAAdapterReqInput)
     from sglang.srt.utils import MultiprocessingSerializer
-
-    from .. import objectives
-    from ..backends.base import ScoreRequest
-    from ..lowrank import adapter_config, adapter_tensors, check_limits
-    from ..mezo import StepRecord, estimate, points
-    from ..tasks import Example
 
     cfg = parse_step(args).settings  # lr, eps, weight_decay, estimator, n_queries (checked there)
     try:
@@ -96,14 +96,14 @@ async def step(call, args: dict, tokenizer_manager, objective, rank: int, tp_siz
             await tokenizer_manager.unload_lora_adapter(UnloadLoRAAdapterReqInput(lora_name=name), None)
     import torch
 
-    enc = objectives.EncodedBatch([ScoreRequest(*q) for q in reqs], [tuple(w) for w in plan["where"]],
-                                  torch.tensor(plan["labels"]), plan["n_candidates"])
     exs = [Example(**e) for e in plan["examples"]]
+    enc = label_words.EncodedBatch([ScoreRequest(*q) for q in reqs], [tuple(w) for w in plan["where"]],
+                                   torch.tensor(plan["labels"]), plan["n_candidates"], exs)
     k = len(reqs)
     losses = []
     for i in range(len(names)):
         res = _results(outs[i * k: (i + 1) * k], reqs)
-        v = float(objective(objectives.EngineOutputs(exs, enc.labels, objectives._scores(res, enc), res, enc)))
+        v = float(objective(label_words.EngineOutputs(exs, enc.labels, label_words.scores(res, enc), res, enc)))
         if v != v or v in (float("inf"), float("-inf")):
             raise RequestError(f"objective returned {v}: step aborted, weights unchanged", 422)
         losses.append(v)

@@ -20,8 +20,7 @@ from ..settings import FIELDS, SettingError, Settings
 from . import plugin
 from .policy import ENV as POLICY_ENV
 from .policy import Policy, builtin_objectives
-from . import replica_ops
-from .protocol import RequestError, parse_rollback, parse_save, parse_step, parse_train
+from .protocol import PARSERS, RequestError, parse_step, parse_train
 
 log = logging.getLogger("sglang_mezo.serve")
 MAX_BODY = 1 << 20   # bytes; a step's examples fit easily, a flood does not reach json.loads
@@ -57,11 +56,11 @@ class Service:
         """A step: full-rank in the scheduler (serving paused for it), or low-rank beside user traffic."""
         if self.lowrank is None:
             return await self.call("step", args)
-        from ..objectives import get_objective
-        from . import lowrank_http
+        from ..objectives.label_words import get_objective
+        from . import lowrank
 
         objective = get_objective(self.policy.objective(parse_step(args).settings.objective or "ce"))
-        return await lowrank_http.step(self.call, args, self.tokenizer_manager, objective, *self.lowrank)
+        return await lowrank.step(self.call, args, self.tokenizer_manager, objective, *self.lowrank)
 
 
 def _add_routes(app, svc: Service) -> None:
@@ -88,11 +87,14 @@ def _add_routes(app, svc: Service) -> None:
         except (RecursionError, UnicodeDecodeError):
             raise RequestError("body is not valid JSON: nested too deeply or not UTF-8") from None
 
-    async def exclusive(op: str, args: dict):
+    def busy() -> None:
         if svc.lock.locked() or (svc.train_task and not svc.train_task.done()):
             raise RequestError("a MeZO step or training run is in progress", 409)
+
+    async def exclusive(op: str, args: dict):
+        busy()
         async with svc.lock:
-            return await svc.call(op, args)
+            return await (svc.step(args) if op == "step" else svc.call(op, args))
 
     def route(path, method="post", admin=True):
         def deco(fn):
@@ -114,27 +116,21 @@ def _add_routes(app, svc: Service) -> None:
             return fn
         return deco
 
-    @route("/mezo/step")
-    async def step(request):
-        args = await body(request)
-        _check_policy(svc.policy, parse_step(args))
-        if svc.lock.locked() or (svc.train_task and not svc.train_task.done()):
-            raise RequestError("a MeZO step or training run is in progress", 409)
-        async with svc.lock:
-            return await svc.step(args)
+    def operation(path: str, op: str):
+        """POST path → one scheduler operation, its body parsed (and the policy applied) here first."""
+        @route(path)
+        async def run(request):
+            args = await body(request)
+            a = PARSERS[op](args)
+            if op == "save":
+                svc.policy.save_path(a.path, a.overwrite)  # refuse early; the scheduler checks again
+            elif op in ("step", "losses"):
+                _check_policy(svc.policy, a.step if op == "losses" else a)
+            return await exclusive(op, args)
 
-    @route("/mezo/rollback")
-    async def rollback(request):
-        args = await body(request)
-        parse_rollback(args)
-        return await exclusive("rollback", args)
-
-    @route("/mezo/save")
-    async def save(request):
-        args = await body(request)
-        a = parse_save(args)
-        svc.policy.save_path(a.path, a.overwrite)  # refuse early; the scheduler checks again
-        return await exclusive("save", args)
+    for path, op in (("/mezo/step", "step"), ("/mezo/rollback", "rollback"), ("/mezo/save", "save"),
+                     ("/mezo/losses", "losses"), ("/mezo/apply", "apply")):  # losses/apply: replicas.py
+        operation(path, op)
 
     @route("/mezo/status", "get", admin=False)  # readable with the ordinary --api-key
     async def status(request):
@@ -148,38 +144,22 @@ def _add_routes(app, svc: Service) -> None:
     async def checksum(request):
         return await exclusive("status", {"checksum": True})
 
-    # data parallel (replica_ops.py): the coordinator's forward half, update half and pre-flight check
-    @route("/mezo/losses")
-    async def losses(request):
-        args = await body(request)
-        _check_policy(svc.policy, replica_ops.parse_losses(args)[2])
-        return await exclusive("losses", args)
-
-    @route("/mezo/apply")
-    async def apply(request):
-        args = await body(request)
-        replica_ops.parse_apply(args)
-        return await exclusive("apply", args)
-
-    @route("/mezo/info", "get")  # admin: hashes every weight, like /mezo/checksum
+    @route("/mezo/info", "get")  # admin: hashes every weight, like /mezo/checksum (replicas' pre-flight)
     async def info(request):
         return await exclusive("info", {})
 
     @route("/mezo/train")
     async def train(request):
-        args = await body(request)
-        steps, interval, step_args_parsed = parse_train(args)
-        _check_policy(svc.policy, step_args_parsed)
-        if svc.lock.locked() or (svc.train_task and not svc.train_task.done()):
-            raise RequestError("a MeZO step or training run is in progress", 409)
-        step_args = {k: v for k, v in args.items() if k not in ("steps", "interval_s")}
-        svc.progress = {"running": True, "done": 0, "total": steps, "last": None, "error": None}
+        t = parse_train(await body(request))
+        _check_policy(svc.policy, parse_step(t.step))
+        busy()
+        svc.progress = {"running": True, "done": 0, "total": t.steps, "last": None, "error": None}
 
         async def run():
             try:
-                for i in range(steps):
+                for i in range(t.steps):
                     async with svc.lock:  # released between steps: other routes answer 409 meanwhile
-                        code, res = await svc.step(step_args)
+                        code, res = await svc.step(t.step)
                     if code != 200:
                         svc.progress["error"] = res.get("error", res)
                         break
@@ -187,7 +167,7 @@ def _add_routes(app, svc: Service) -> None:
                     for k in ("update_s", "forward_s"):  # low-rank steps: the pause, and the ±ε batch
                         if k in res:
                             svc.progress[f"max_{k}"] = max(svc.progress.get(f"max_{k}", 0.0), res[k])
-                    await asyncio.sleep(interval)  # ordinary requests run freely between steps
+                    await asyncio.sleep(t.interval_s)  # ordinary requests run freely between steps
             except Exception as e:  # noqa: BLE001 - recorded for /mezo/status; details in the log
                 log.exception("MeZO training run failed")
                 svc.progress["error"] = f"training run failed: {type(e).__name__}"
@@ -195,7 +175,7 @@ def _add_routes(app, svc: Service) -> None:
                 svc.progress["running"] = False
 
         svc.train_task = asyncio.create_task(run())
-        return 202, {"started": True, "steps": steps}
+        return 202, {"started": True, "steps": t.steps}
 
 
 def _require_admin_key_configured(keys) -> None:
@@ -237,7 +217,7 @@ def _mezo_flags(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
 
 def _policy_from_flags(ns: argparse.Namespace) -> Policy:
     """Checked at launch, so a typo stops the server instead of failing its first request."""
-    from ..objectives import get_objective
+    from ..objectives.label_words import get_objective
 
     objectives = {}
     for item in ns.mezo_objective:
@@ -276,7 +256,7 @@ def _lowrank_flags(ns: argparse.Namespace, argv: list[str]) -> list[str]:
     if ns.mezo_perturb != "lowrank":
         return argv
     os.environ["SGLANG_MEZO_RANK"] = str(ns.mezo_rank)
-    from ..backends.sglang_runner import LORA_TARGETS
+    from ..backends.lora import LORA_TARGETS
 
     defaults = {"--enable-lora": None, "--max-lora-rank": str(ns.mezo_rank), "--max-loras-per-batch": "8",
                 "--lora-target-modules": list(LORA_TARGETS)}

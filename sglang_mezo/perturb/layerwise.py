@@ -1,85 +1,21 @@
-"""How the step visits θ ± εz. Two strategies behind one small interface (`losses`, `update`):
+"""Exact layer-wise perturbation (the default).
 
-* `Layerwise` (default, exact): each weight is perturbed only while the module that reads it runs — a
-  decoder layer just before it runs, copied back from a scratch buffer right after (forward hooks); the
-  embedding, final norm and lm_head likewise around their own modules (a tied embedding gets two such
-  windows: the lookup and the logits). Weights come back bit-identical in every dtype; the one scratch
-  buffer is as large as the largest window (a layer or the largest single tensor), never a model copy;
-  pointers never change.
-* `InPlace` (MeZO's own): +εz, −2εz, +εz on all weights. Not exact in floating point (measured: ~30 %
-  of bf16 and ~50 % of fp16 elements change per lr = 0 cycle) but needs no hooks; the restore shares one
-  noise generation with the update. Used where a model has no layer list, and to compare.
-
-Both are deterministic, so a trajectory replays bit-identically (`replay=True`: no forward passes).
+Each weight is perturbed only while the module that reads it runs — a decoder layer just before it runs,
+copied back from a scratch buffer right after (forward hooks); the embedding, final norm and lm_head
+likewise around their own modules (a tied embedding gets two such windows: the lookup and the logits).
+Weights come back bit-identical in every dtype; the one scratch buffer is as large as the largest window
+(a layer or the largest single tensor), never a model copy; pointers never change.
 """
 from __future__ import annotations
 
-import math
 from contextlib import ExitStack, contextmanager
 from typing import Callable, NamedTuple, Sequence
 
 import torch
 
-from .noise import Add, Update
-from .noise_sweep import sweep
-
-
-class ObjectiveError(ArithmeticError):
-    """The objective returned NaN/inf; the weights were restored before this was raised."""
-
-
-def _finite(v) -> float:
-    v = float(v)
-    if not math.isfinite(v):
-        raise ObjectiveError(f"objective returned {v}: step aborted, weights restored")
-    return v
-
-
-class InPlace:
-    name = "inplace"
-
-    def __init__(self, pieces, on_change: Callable[[], None] = lambda: None):
-        self.pieces, self.on_change, self._pending = pieces, on_change, None
-
-    def _sweep(self, seed, *ops):
-        sweep(self.pieces, seed, ops)
-        self.on_change()
-
-    def losses(self, seed: int, scales: Sequence[float], loss: Callable[[], float]) -> list[float]:
-        """loss() at θ + s·z for each s; θ is left as it was (restore deferred to fuse with update)."""
-        self.flush()
-        at, out = 0.0, []
-        try:
-            for s in scales:
-                if s != at:
-                    self._sweep(seed, Add(s - at))
-                    at = s
-                out.append(_finite(loss()))
-        except BaseException:
-            if at:
-                self._sweep(seed, Add(-at))
-            raise
-        if at:
-            self._pending = (seed, Add(-at))
-        return out
-
-    def update(self, seed: int, coef: float, decay: float) -> None:
-        """θ ← θ − (coef·z + decay·θ), fused with a pending restore of the same seed."""
-        ops = []
-        if self._pending and self._pending[0] == seed:
-            ops.append(self._pending[1])
-            self._pending = None
-        self.flush()
-        if coef or decay:
-            ops.append(Update(coef, decay))
-        if ops:
-            self._sweep(seed, *ops)
-
-    def flush(self) -> None:
-        if self._pending:
-            seed, op = self._pending
-            self._pending = None
-            self._sweep(seed, op)
+from ..noise import Add, Update
+from ..noise_sweep import sweep
+from .base import OneSeedAtATime, finite
 
 
 class Window(NamedTuple):
@@ -89,7 +25,7 @@ class Window(NamedTuple):
     pieces: list
 
 
-class Layerwise:
+class Layerwise(OneSeedAtATime):
     name = "layerwise"
 
     def __init__(self, pieces, layers: Sequence[torch.nn.Module], on_change: Callable[[], None] = lambda: None,
@@ -165,7 +101,7 @@ class Layerwise:
 
     def losses(self, seed: int, scales: Sequence[float], loss: Callable[[], float]) -> list[float]:
         if self.replay:  # perturbations leave no trace: nothing to redo
-            return [_finite(loss()) for _ in scales]
+            return [finite(loss()) for _ in scales]
         return [self._at(seed, s, loss) for s in scales]
 
     def _enter(self, window: Window, seed: int, scale: float) -> None:
@@ -192,7 +128,7 @@ class Layerwise:
 
     def _at(self, seed: int, scale: float, loss: Callable[[], float]) -> float:
         if scale == 0:
-            return _finite(loss())
+            return finite(loss())
         with ExitStack() as stack:  # unwinds in reverse: weights restored, on_change, hooks removed
             for w in self.windows:
                 stack.callback(w.module.register_forward_pre_hook(
@@ -203,7 +139,7 @@ class Layerwise:
             stack.enter_context(self._saved(self.outside, "forward"))
             sweep(self.outside, seed, [Add(scale)])
             self.on_change()
-            return _finite(loss())
+            return finite(loss())
 
     def update(self, seed: int, coef: float, decay: float) -> None:
         if coef or decay:
@@ -212,40 +148,3 @@ class Layerwise:
 
     def flush(self) -> None:
         pass
-
-
-def losses_at(weights, points: Sequence[tuple[int, float]], loss: Callable[[], float]) -> list[float]:
-    """loss() at θ + scale·z(seed) for every (seed, scale) point, in order. A strategy that can batch
-    many points into one forward (lowrank adapters) has `losses_at`; the others visit them in turn,
-    consecutive points of one seed together (so InPlace fuses its restore with the update)."""
-    if hasattr(weights, "losses_at"):
-        return weights.losses_at(points, loss)
-    out: list[float] = []
-    i = 0
-    while i < len(points):
-        j = i
-        while j < len(points) and points[j][0] == points[i][0] and (j == i or points[j][1] != 0):
-            j += 1
-        out.extend(weights.losses(points[i][0], [sc for _, sc in points[i:j]], loss))
-        i = j
-    return out
-
-
-MODES = ("layerwise", "inplace", "lowrank")
-
-
-def make(mode: str, pieces, layers=None, on_change=lambda: None, replay: bool = False, model=None,
-         rank: int | None = None, adapters=None):
-    if mode == "lowrank":
-        from .lowrank import LowRank
-
-        if rank is None:
-            raise ValueError("--perturb lowrank needs --rank R")
-        return LowRank(pieces, rank, adapters, on_change, replay)
-    if mode == "layerwise":
-        if not layers and not replay:
-            raise ValueError("exact layer-wise perturbation needs the model's decoder layer list")
-        return Layerwise(pieces, layers or [], on_change, replay, model)
-    if mode == "inplace":
-        return InPlace(pieces, on_change)  # deterministic: replay runs the same arithmetic
-    raise ValueError(f"unknown perturbation mode {mode!r}: choose one of {MODES}")

@@ -22,10 +22,10 @@ from typing import Callable, Sequence
 
 import torch
 
-from .noise import gaussian_range, gaussian_reference, stream_key
-from .perturb import _finite
+from ..backends.lora import LORA_TARGETS as TARGETS
+from ..noise import gaussian_range, gaussian_reference, stream_key
+from .base import finite
 
-TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 _ADAPTABLE = re.compile(r"\.(%s)\.weight$" % "|".join(TARGETS))
 
 
@@ -84,22 +84,8 @@ def adapter_config(pieces, rank: int) -> dict:
             "task_type": "CAUSAL_LM", "bias": "none"}
 
 
-def check_limits(rank: int, n_adapters: int, max_rank: int, max_loras: int) -> None:
-    """Clear errors before any step: the engine's LoRA pool must hold `n_adapters` rank-`rank` adapters."""
-    if isinstance(rank, bool) or not isinstance(rank, int) or rank < 1:
-        raise ValueError(f"--rank must be an integer >= 1, got {rank!r}")
-    if rank > max_rank:
-        raise ValueError(f"--rank {rank} exceeds the engine's max_lora_rank {max_rank} (SGLang flag "
-                         f"--max-lora-rank): raise it to at least {rank}, or lower --rank")
-    if n_adapters > max_loras:
-        raise ValueError(f"one step needs {n_adapters} adapters in a batch (directions × signs, plus the "
-                         f"unperturbed model where the estimator needs it), more than the engine's "
-                         f"max_loras_per_batch {max_loras} (SGLang flag --max-loras-per-batch): raise it "
-                         "to at least that, or lower --n-queries")
-
-
 class LowRank:
-    """The step's view of the adaptable pieces (perturb.py's interface: losses_at, update, flush)."""
+    """The step's view of the adaptable pieces (perturb/base.py's interface)."""
     name = "lowrank"
 
     def __init__(self, pieces, rank: int, adapters=None, on_change: Callable[[], None] = lambda: None,
@@ -116,22 +102,22 @@ class LowRank:
     def losses_at(self, points: Sequence[tuple[int, float]], loss: Callable[[], float]) -> list[float]:
         """loss() at θ + scale·z(seed) for each (seed, scale) point — all in one batch with adapters."""
         if self.replay:
-            return [_finite(loss()) for _ in points]
+            return [finite(loss()) for _ in points]
         if self.adapters is not None:
             tensors = [None if sc == 0 else adapter_tensors(s, sc, self.pieces, self.rank) for s, sc in points]
-            return [_finite(v) for v in self.adapters.losses(tensors, adapter_config(self.pieces, self.rank), loss)]
+            return [finite(v) for v in self.adapters.losses(tensors, adapter_config(self.pieces, self.rank), loss)]
         return [self._merged(s, sc, loss) for s, sc in points]
 
     def _merged(self, seed: int, scale: float, loss) -> float:
         """Reference path: W += scale·z_W, loss(), W copied back (bit-exact)."""
         if scale == 0:
-            return _finite(loss())
+            return finite(loss())
         saved = [p.view.clone() for p in self.pieces]
         try:
             for p in self.pieces:
                 p.view.add_(scaled_delta(seed, p, self.rank, scale).to(p.view.dtype))
             self.on_change()
-            return _finite(loss())
+            return finite(loss())
         finally:
             for p, s in zip(self.pieces, saved):
                 p.view.copy_(s)

@@ -1,0 +1,39 @@
+"""How a step visits θ ± εz: one interface (base.Perturbation), three strategies, one factory.
+
+  layerwise  exact: each weight perturbed only while its own module runs (the default)
+  inplace    MeZO's +ε/−2ε/+ε on all weights
+  lowrank    rank-r directions U·Vᵀ: LoRA adapters where the engine has them (all of a step's points in
+             one batch), merged and copied back elsewhere (the reference); updates land in place
+"""
+from __future__ import annotations
+
+from .base import NoWeights, ObjectiveError, OneSeedAtATime, Perturbation, finite
+from .inplace import InPlace
+from .layerwise import Layerwise
+from .lowrank import LowRank
+
+MODES = ("layerwise", "inplace", "lowrank")
+
+
+def make(mode: str, pieces, backend=None, *, replay: bool = False, rank: int | None = None) -> Perturbation:
+    """The `mode` strategy over `pieces`. `backend` gives the capabilities a strategy uses (decoder layers
+    and the model for layerwise, LoRA adapters for lowrank, `changed` after a weight change); None: bare
+    tensors (offline replay)."""
+    on_change = backend.changed if backend is not None else (lambda: None)
+    if mode == "lowrank":
+        if rank is None:
+            raise ValueError("--perturb lowrank needs --rank R")
+        adapters = backend.adapters() if backend is not None and not replay else None
+        return LowRank(pieces, rank, adapters, on_change, replay)
+    if mode == "layerwise":
+        layers = backend.layers if backend is not None else None
+        if not layers and not replay:
+            raise ValueError("exact layer-wise perturbation needs the model's decoder layer list")
+        return Layerwise(pieces, layers or [], on_change, replay, backend.model if backend is not None else None)
+    if mode == "inplace":
+        return InPlace(pieces, on_change)  # deterministic: replay runs the same arithmetic
+    raise ValueError(f"unknown perturbation mode {mode!r}: choose one of {MODES}")
+
+
+__all__ = ["MODES", "make", "Perturbation", "ObjectiveError", "finite", "NoWeights", "OneSeedAtATime",
+           "InPlace", "Layerwise", "LowRank"]

@@ -100,11 +100,6 @@ class Measure:
         split["sweeps_and_rest_s"] = step_s - sum(split.values())
         return {**s, "time_split": split}
 
-    lowrank = False
-
-    def files_extra(self, backend) -> dict:
-        return {"generation": self.gen, "reward": self.reward_name, "dev_metric": self.dev_metric}
-
     def summary(self) -> dict:
         """Means over this step's calls (L+ and L−), and the time spent in each part."""
         out = {}
@@ -190,6 +185,11 @@ class Generation:
     def evaluate(self, backend: Backend, examples: Sequence[GenExample], with_lm: bool = True) -> dict:
         return evaluate(backend, examples, self.dev_metric, self.gen, self.cfg.eval_batch_size,
                         seed=self.cfg.seed, with_lm=with_lm)
+
+    lowrank = False
+
+    def files_extra(self, backend) -> dict:
+        return {"generation": self.gen, "reward": self.reward_name, "dev_metric": self.dev_metric}
 
     def summary(self, r: dict) -> dict:
         return {"task": self.spec.name, "objective": self.objective_name, "dev_metric": self.dev_metric,

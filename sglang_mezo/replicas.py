@@ -54,7 +54,7 @@ class Replica:
         except requests.Timeout:
             raise ReplicaError(f"{self.name} answered late: no reply to {op} within "
                                f"{self.client.timeout:g} s") from None
-        except requests.ConnectionError:
+        except requests.RequestException:  # refused, reset, or a reply cut off mid-body (a killed server)
             raise ReplicaError(f"{self.name} does not answer {op}: connection refused or lost "
                                "(is its server running?)") from None
         except MezoError as e:

@@ -128,12 +128,16 @@ def call(sock, op: str, args: dict, timeout: float | None = None) -> tuple[int, 
     `timeout` seconds) is skipped, never taken for the answer to a later call."""
     import uuid
 
+    import zmq
     from sglang.srt.managers.io_struct import RpcReqInput, RpcReqOutput, sock_recv, sock_send
 
     call_id = uuid.uuid4().hex
+    deadline = None if timeout is None else time.monotonic() + timeout
+    # a DEALER with no scheduler connected would block in send: wait for one, as long as the deadline
+    if deadline is not None and not sock.poll(int(timeout * 1000), zmq.POLLOUT):
+        raise NoReply(f"no scheduler took {op} within {timeout:g} s")
     sock_send(sock, RpcReqInput(method=METHOD, parameters={"op": op, "args_json": json.dumps(args),
                                                            "call_id": call_id}))
-    deadline = None if timeout is None else time.monotonic() + timeout
     while True:
         if deadline is not None and not sock.poll(max(0, int((deadline - time.monotonic()) * 1000))):
             raise NoReply(f"no reply to {op} within {timeout:g} s")

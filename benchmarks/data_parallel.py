@@ -100,15 +100,61 @@ def interleaved(model, work, examples, rounds):
         stop(pb)
 
 
+def dp_rows(model, work, examples, n):
+    """`serve --dp-size 2` (ranks on cores 0 and 1) vs `--dp-size 1` (core 0): n /mezo/step calls at the
+    same seeds, alternated step by step; step time and losses, and the DP ranks' checksum agreement."""
+    from sglang_mezo.serve import MezoClient
+
+    p1, u1 = start(model, work / "dp1.log", "0")
+    p2, u2 = start(model, work / "dp2.log", "0,1", "--dp-size", "2", env={"SGLANG_CPU_OMP_THREADS_BIND": "0|1"})
+    try:
+        c1, c2 = MezoClient(u1), MezoClient(u2)
+        r1, r2 = [], []
+        for _ in range(n):
+            for c, out in ((c1, r1), (c2, r2)):
+                out.append(c.step(examples=examples, lr=1e-5, eps=1e-3, seed=3))
+        same = c2.checksum() == c1.checksum()   # dp-2's answers only if both ranks agree
+        rel = max(abs(a - b) / max(abs(a), 1e-30) for x, y in zip(r1, r2)
+                  for a, b in zip(x["loss_plus"] + x["loss_minus"], y["loss_plus"] + y["loss_minus"]))
+        for c in (c1, c2):
+            c.rollback(n)
+        return [{"dp_size": d, "s_per_step": [round(x["time_s"], 3) for x in r],
+                 "s_per_step_median": statistics.median(x["time_s"] for x in r),
+                 "loss_plus": [x["loss_plus"][0] for x in r], "loss_minus": [x["loss_minus"][0] for x in r]}
+                for d, r in ((1, r1), (2, r2))] + [{"loss_rel_diff_max_dp2_vs_dp1": rel,
+                                                    "weights_equal_dp2_vs_dp1_after_steps": same}]
+    finally:
+        stop(p1)
+        stop(p2)
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--model", default=None)
     ap.add_argument("--steps", type=int, default=20)
     ap.add_argument("--batch-size", type=int, default=16)
     ap.add_argument("--tp-steps", type=int, default=5)
+    ap.add_argument("--only-dp-size", type=int, default=0, metavar="STEPS",
+                    help="run only `serve --dp-size 2` vs `--dp-size 1` (STEPS steps each) and add the rows")
     ap.add_argument("--only-interleaved", type=int, default=0, metavar="ROUNDS",
                     help="run only the interleaved forward-half timing (ROUNDS rounds) and add it to the JSON")
     args = ap.parse_args()
+    if args.only_dp_size:
+        from sglang_mezo import tasks
+        from sglang_mezo.models import resolve_model
+
+        data = tasks.splits(tasks.get_task("sst2"), k_shot=16, seed=42)["train"][: args.batch_size]
+        ex = [{"prompt": e.prompt, "candidates": list(e.candidates), "label": e.label} for e in data]
+        out = ROOT / "benchmarks/results/data_parallel.json"
+        res = json.loads(out.read_text())
+        with tempfile.TemporaryDirectory() as work:
+            rows = dp_rows(resolve_model(args.model), Path(work), ex, args.only_dp_size)
+        res["dp_size"] = {"rows": rows, "batch_size": args.batch_size, "load_avg_start": os.getloadavg(),
+                          "git_commit": subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT,
+                                                       capture_output=True, text=True).stdout.strip()}
+        out.write_text(json.dumps(res, indent=2) + "\n")
+        print(json.dumps(res["dp_size"], indent=2))
+        return
     if args.only_interleaved:
         from sglang_mezo import tasks
         from sglang_mezo.models import resolve_model

@@ -28,6 +28,13 @@ def test_applied_patch_runs_the_patched_code():
         "pin_memory=True" in open(inspect.getsourcefile(TorchNativeLoRABackend)).read()
 
 
+def test_dp_controller_waits_for_requests_instead_of_spinning():
+    sp.apply_all()
+    from sglang.srt.managers.data_parallel_controller import DataParallelController
+
+    assert "poll" in DataParallelController.event_loop.__code__.co_names  # the patched loop runs
+
+
 def test_a_drifted_target_fails_loudly():
     d = sp.patch_files()[0]
     fp = sp.parse(d.read_text(encoding="utf-8"))[0]

@@ -126,6 +126,52 @@ def test_two_replicas_match_one_replica_and_stay_identical(replicas, save_dir, t
     _client(a).rollback(4)
 
 
+def test_replicas_behind_sglang_router(replicas, save_dir, tmp_path):
+    """The recipe of docs/scale-out.md: user traffic through sglang-router (round robin over both
+    replicas), `train --replicas` training both; every routed answer is what the saved weights give."""
+    from transformers import AutoModelForCausalLM
+
+    a, b = replicas
+    port = free_port()
+    log = open(tmp_path / "router.log", "w")
+    router = subprocess.Popen([sys.executable, "-m", "sglang_router.launch_router", "--worker-urls", a, b,
+                               "--host", "127.0.0.1", "--port", str(port), "--policy", "round_robin",
+                               "--api-key", USER], stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    probe = {"input_ids": [1, 20, 30, 40, 50], "return_logprob": True,
+             "sampling_params": {"max_new_tokens": 4, "temperature": 0}}
+    try:
+        deadline = time.time() + 120
+        while True:
+            try:
+                if requests.post(url + "/generate", json=probe, timeout=30).status_code == 200:
+                    break
+            except requests.ConnectionError:
+                pass
+            assert time.time() < deadline and router.poll() is None, (tmp_path / "router.log").read_text()[-2000:]
+            time.sleep(1)
+        _run([a, b], tmp_path / "routed", steps=2)
+        assert _client(a).checksum() == _client(b).checksum()
+        _client(a).save("routed")
+        m = AutoModelForCausalLM.from_pretrained(str(save_dir / "a/routed/model"), dtype=torch.float32).eval()
+        for _ in range(4):  # round robin: both replicas answer
+            out = requests.post(url + "/generate", json=probe, timeout=60).json()
+            got = [(lp, tid) for lp, tid, *_ in out["meta_info"]["output_token_logprobs"]]
+            ids = probe["input_ids"] + [tid for _, tid in got]
+            with torch.no_grad():
+                lp = torch.log_softmax(m(torch.tensor([ids])).logits[0], -1)
+            n = len(probe["input_ids"])
+            want = [lp[n + j - 1, tid].item() for j, (_, tid) in enumerate(got)]
+            assert [tid for _, tid in got] == lp[n - 1:-1].argmax(-1).tolist()  # greedy under the saved weights
+            assert [v for v, _ in got] == pytest.approx(want, abs=1e-4)
+    finally:
+        os.killpg(router.pid, signal.SIGTERM)
+        router.wait(30)
+        log.close()
+        for u in (a, b):
+            _client(u).rollback(2)
+
+
 def test_replica_serving_another_model_is_named(replicas, tiny_tied_model, tmp_path):
     from sglang_mezo.replicas import ReplicaError
 

@@ -111,6 +111,10 @@ class EngineTrainer:
     path the HTTP server's low-rank steps take."""
 
     def __init__(self, engine):
+        if engine.server_args.dp_size > 1:
+            raise MezoError(400, {"error": f"EngineTrainer drives one DP rank; this engine has --dp-size "
+                                           f"{engine.server_args.dp_size}: use `sglang-mezo serve --dp-size N`, "
+                                           "whose /mezo/* routes reach every rank"})
         self.engine = engine
 
     def _call(self, op: str, body: dict) -> dict:

@@ -31,7 +31,8 @@ class Service:
 
     def __init__(self, policy: Policy, keys: tuple = (None, None)):
         self.policy, self.keys = policy, keys   # keys: (api_key, admin_api_key) the server started with
-        self.rpc = None                         # DEALER socket to the schedulers (init_tokenizer_manager)
+        self.schedulers = None                  # dp.Schedulers: the RPC sockets (init_tokenizer_manager)
+        self.rpc_timeout = None                 # seconds a scheduler may take to answer (--mezo-rpc-timeout)
         self.tokenizer_manager = None           # SGLang's, for low-rank steps' adapter requests
         self.lowrank = None  # (rank, tp_size, max_lora_rank, max_loras_per_batch) with --mezo-perturb lowrank
         self.lock = asyncio.Lock()
@@ -44,13 +45,18 @@ class Service:
         from sglang.srt.entrypoints.engine import init_tokenizer_manager
         from sglang.srt.utils.network import get_zmq_socket
 
-        self.rpc = get_zmq_socket(zmq.Context(), zmq.DEALER, port_args.rpc_ipc_name, True)
+        from .dp import Schedulers
+
+        ctx, dp = zmq.Context(), server_args.dp_size
+        names = [port_args.rpc_ipc_name] if dp == 1 else \
+            [plugin.dp_rpc_name(port_args.rpc_ipc_name, r) for r in range(dp)]  # plugin names them so
+        self.schedulers = Schedulers([get_zmq_socket(ctx, zmq.DEALER, n, True) for n in names], self.rpc_timeout)
         out = init_tokenizer_manager(server_args, port_args, *a, **kw)
         self.tokenizer_manager = out[0]  # (TokenizerManager, TemplateManager)
         return out
 
     async def call(self, op: str, args: dict) -> tuple[int, dict]:
-        return await asyncio.to_thread(plugin.call, self.rpc, op, args)
+        return await self.schedulers.call(op, args)
 
     async def step(self, args: dict) -> tuple[int, dict]:
         """A step: full-rank in the scheduler (serving paused for it), or low-rank beside user traffic."""
@@ -204,6 +210,9 @@ def _mezo_flags(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
     p.add_argument("--mezo-task-dir", metavar="DIR",
                    help="requests may name task files DIR/NAME.yaml (their data must stay inside DIR)")
     p.add_argument("--mezo-save-dir", metavar="DIR", help="/mezo/save writes only under DIR")
+    p.add_argument("--mezo-rpc-timeout", type=float, default=900.0, metavar="SECONDS",
+                   help="a /mezo/* call whose scheduler (a DP rank's, under --dp-size) does not answer in this "
+                   "time fails with 504 naming it (default: 900)")
     # the train flags --perturb / --rank, defined once in settings.py; lowrank runs a step's ±ε forwards as
     # ordinary adapter requests beside user traffic, and serving pauses only for each in-place update
     for name in ("perturb", "rank"):
@@ -285,6 +294,27 @@ def _lowrank_limits(ns, server_args):
     return ns.mezo_rank, server_args.tp_size, server_args.max_lora_rank, server_args.max_loras_per_batch
 
 
+def _check_dp(ns, server_args) -> None:
+    """--dp-size N: every DP rank gets each update (dp.py); what SGLang's DP mode cannot combine with
+    ours is refused here, by name."""
+    if not ns.mezo_rpc_timeout > 0:
+        raise SystemExit(f"sglang-mezo serve: --mezo-rpc-timeout must be > 0 seconds, got {ns.mezo_rpc_timeout}")
+    if server_args.dp_size == 1:
+        return
+    if ns.mezo_perturb == "lowrank":
+        raise SystemExit("sglang-mezo serve: --mezo-perturb lowrank cannot run with --dp-size "
+                         f"{server_args.dp_size}: SGLang 0.5.23 loads LoRA adapters at run time only with "
+                         "--dp-size 1 (its tokenizer manager asserts it); use full-rank, or one server per GPU "
+                         "behind sglang-router (docs/scale-out.md)")
+    if server_args.enable_dp_attention or (getattr(server_args, "attn_dp_size", 1) or 1) > 1:
+        raise SystemExit("sglang-mezo serve: attention data parallelism (--attn-dp-size, --enable-dp-attention) "
+                         "is not supported with the /mezo/* routes (its DP ranks share one tensor-parallel "
+                         "group); use plain --dp-size")
+    if server_args.nnodes > 1:
+        raise SystemExit("sglang-mezo serve: --dp-size across --nnodes > 1 is not supported by the /mezo/* "
+                         "routes (their RPC addresses are local); run one server per node behind sglang-router")
+
+
 def _is_loopback(host: str) -> bool:
     if host == "localhost":
         return True
@@ -323,7 +353,9 @@ def main(argv: list[str] | None = None) -> int:
             "1", "true"):
         raise SystemExit("sglang-mezo serve: the /mezo/* routes need SGLang's single-process Python HTTP "
                          "server (no --tokenizer-worker-num > 1, no SGLANG_RUST_SERVER)")
+    _check_dp(ns, server_args)
     svc = Service(policy, (server_args.api_key, server_args.admin_api_key))
+    svc.rpc_timeout = ns.mezo_rpc_timeout
     svc.lowrank = _lowrank_limits(ns, server_args)
     os.environ[POLICY_ENV] = policy.to_env()  # the schedulers, spawned below, enforce the same policy
     if not server_args.admin_api_key:

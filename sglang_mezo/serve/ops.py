@@ -168,7 +168,7 @@ class ServedTrainer:
         self.records.append(rec)
         return {"step": rec.step, "loss_plus": rec.loss_plus, "loss_minus": rec.loss_minus,
                 "projected_grad": rec.grads, "seeds": rec.seeds, "time_s": time.perf_counter() - t0,
-                **m.summary()}
+                **m.summary(), "record": asdict(rec)}   # record: what other DP ranks apply (dp.py)
 
     def rollback(self, k: int) -> dict:
         if k > len(self.records):
@@ -207,7 +207,7 @@ class ServedTrainer:
                                       rank=self.rank)
 
     def status(self, checksum: bool = False) -> dict:
-        out = {"steps": len(self.records), "last": None if not self.records else {
+        out = {"steps": len(self.records), "head": head(self.records), "last": None if not self.records else {
             "step": self.records[-1].step, "loss": self.records[-1].loss, "grads": self.records[-1].grads}}
         if checksum:
             out["weights_sha256"] = self.checksum()
@@ -249,10 +249,11 @@ class ServedTrainer:
         return {"losses": out, "n": len(batch.labels), "steps": len(self.records)}
 
     def apply(self, a: ApplyArgs) -> dict:
-        self._exact()
+        """A step another process measured (the coordinator, DP rank 0), applied as replay applies it."""
         self._next(a.record)
         with self.exclusive():
-            replay_step(perturb.make(self.perturb, self.pieces, self.backend, replay=True), a.record)
+            replay_step(perturb.make(self.perturb, self.pieces, self.backend, replay=True, rank=self.rank),
+                        a.record)
         self.records.append(a.record)
         return {"step": a.record.step, **({"weights_sha256": self.checksum()} if a.checksum else {})}
 

@@ -11,10 +11,15 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 
 METHOD = "mezo"
 TARGET = "sglang.srt.managers.scheduler.Scheduler.handle_rpc_request"
 MODELS_TARGET = "sglang.srt.managers.scheduler.Scheduler.__init__"
+# under --dp-size N, SGLang's data-parallel controller gives each DP rank's scheduler fresh PortArgs, so
+# the RPC address the HTTP process binds reaches none of them: name each rank's address after it
+DP_TARGET = ("sglang.srt.managers.data_parallel_controller.DataParallelController."
+             "launch_tensor_parallel_group_thread")
 log = logging.getLogger("sglang_mezo.serve")
 
 
@@ -29,6 +34,17 @@ def register() -> None:
     # built: just before a Scheduler starts. Not here: the registry imports every SGLang model (seconds),
     # which the HTTP and detokenizer processes never need.
     HookRegistry.register(MODELS_TARGET, _register_models, HookType.BEFORE)
+    HookRegistry.register(DP_TARGET, _name_dp_rpc, HookType.BEFORE)
+
+
+def dp_rpc_name(rpc_ipc_name: str, dp_rank: int) -> str:
+    """The RPC address of DP rank `dp_rank`'s scheduler, derived from the server's own (ipc:// only)."""
+    return f"{rpc_ipc_name}.dp{dp_rank}"
+
+
+def _name_dp_rpc(controller, server_args, rank_port_args, base_gpu_id, dp_rank, *args, **kwargs) -> None:
+    if controller.port_args.rpc_ipc_name.startswith("ipc://"):
+        rank_port_args.rpc_ipc_name = dp_rpc_name(controller.port_args.rpc_ipc_name, dp_rank)
 
 
 def _register_models(*args, **kwargs) -> None:
@@ -49,10 +65,12 @@ class SchedulerSide:
         import torch.distributed as dist
         from sglang.srt.managers.io_struct import RpcReqOutput
 
-        out = self.run(sched, **(recv_req.parameters or {}))
+        params = dict(recv_req.parameters or {})
+        call_id = params.pop("call_id", None)
+        out = self.run(sched, **params)
         # as SGLang's own handler does: the TP ranks leave the call together
         dist.barrier(group=sched.tp_group.cpu_group)
-        return RpcReqOutput(success=True, message=json.dumps(out))
+        return RpcReqOutput(success=True, message=json.dumps({**out, "call_id": call_id}))
 
     def run(self, sched, op: str = "", args_json: str = "{}") -> dict:
         from .protocol import RequestError
@@ -99,13 +117,33 @@ class SchedulerSide:
         return self.trainer
 
 
-def call(sock, op: str, args: dict) -> tuple[int, dict]:
-    """Blocking, on a DEALER socket to the schedulers' RPC address: (HTTP-like status, result)."""
+class NoReply(TimeoutError):
+    """A scheduler did not answer an RPC in time."""
+
+
+def call(sock, op: str, args: dict, timeout: float | None = None) -> tuple[int, dict]:
+    """Blocking, on a DEALER socket to the schedulers' RPC address: (HTTP-like status, result).
+
+    Each call carries an id its reply echoes, so a late reply to an abandoned call (NoReply after
+    `timeout` seconds) is skipped, never taken for the answer to a later call."""
+    import uuid
+
+    import zmq
     from sglang.srt.managers.io_struct import RpcReqInput, RpcReqOutput, sock_recv, sock_send
 
-    sock_send(sock, RpcReqInput(method=METHOD, parameters={"op": op, "args_json": json.dumps(args)}))
-    reply = sock_recv(sock)
-    if not isinstance(reply, RpcReqOutput) or not reply.success:
-        return 500, {"error": f"scheduler RPC failed: {getattr(reply, 'message', reply)}"}
-    out = json.loads(reply.message)
-    return out["status"], out["result"]
+    call_id = uuid.uuid4().hex
+    deadline = None if timeout is None else time.monotonic() + timeout
+    # a DEALER with no scheduler connected would block in send: wait for one, as long as the deadline
+    if deadline is not None and not sock.poll(int(timeout * 1000), zmq.POLLOUT):
+        raise NoReply(f"no scheduler took {op} within {timeout:g} s")
+    sock_send(sock, RpcReqInput(method=METHOD, parameters={"op": op, "args_json": json.dumps(args),
+                                                           "call_id": call_id}))
+    while True:
+        if deadline is not None and not sock.poll(max(0, int((deadline - time.monotonic()) * 1000))):
+            raise NoReply(f"no reply to {op} within {timeout:g} s")
+        reply = sock_recv(sock)
+        if not isinstance(reply, RpcReqOutput) or not reply.success:
+            return 500, {"error": f"scheduler RPC failed: {getattr(reply, 'message', reply)}"}
+        out = json.loads(reply.message)
+        if out.get("call_id") == call_id:
+            return out["status"], out["result"]

@@ -199,8 +199,13 @@ def test_serve_flags_build_roberta_as_xlm_r(roberta):
     override = json.loads(argv[argv.index("--json-model-override-args") + 1])
     assert override == {"position_embedding_type": "x",                  # the operator's key wins
                         "architectures": ["XLMRobertaForSequenceClassification"]}
-    assert "--disable-radix-cache" in argv and argv[argv.index("--context-length") + 1] == "128"
-    assert argv.count("--json-model-override-args") == 1
+    assert "--disable-radix-cache" in argv and argv.count("--json-model-override-args") == 1
+    # SGLang refuses inputs of >= context length tokens, or cuts them to context length: 128 tokens pass
+    assert argv[argv.index("--context-length") + 1] == "129"
+    argv = serve_flags(["--model-path", roberta, "--allow-auto-truncate"])
+    assert argv[argv.index("--context-length") + 1] == "128"
+    assert json.loads(argv[argv.index("--json-model-override-args") + 1]) == {
+        "position_embedding_type": "absolute", "architectures": ["XLMRobertaForSequenceClassification"]}
 
 
 @pytest.fixture(scope="module")
@@ -223,7 +228,13 @@ def test_classify_serves_the_trained_weights(server, roberta, runs):
     assert requests.get(server + "/mezo/checksum", timeout=120).json() == sha
 
 
-def test_classify_past_the_position_table_is_refused_and_serving_goes_on(server):
-    r = requests.post(server + "/classify", json={"text": " ".join(TEXTS * 30)}, timeout=120)
-    assert r.status_code == 400, r.text  # --context-length 128: SGLang refuses it, the scheduler lives
-    assert post_ok(server, "/classify", {"text": TEXTS[0]})[0]["embedding"]
+def test_classify_up_to_the_last_position_row(server, runs):
+    """128 tokens use the table's last row (position 129); 129 would index past it, which kills SGLang's
+    scheduler (IndexError, measured with --context-length 130): serve's --context-length 129 refuses it."""
+    full, over = "good" + " good" * 125, "good" + " good" * 126   # 128 and 129 tokens with <s> … </s>
+    out = post_ok(server, "/classify", {"text": full})["embedding"]
+    assert post_ok(server, "/classify", {"text": full})["meta_info"]["prompt_tokens"] == 128
+    assert torch.allclose(torch.tensor([out]), _reference(str(runs["sglang"] / "model"), [full]), atol=1e-5)
+    r = requests.post(server + "/classify", json={"text": over}, timeout=120)
+    assert r.status_code == 400 and "context length (129 tokens)" in r.text, r.text
+    assert len(post_ok(server, "/classify", {"text": TEXTS[0]})["embedding"]) == 2  # still serving

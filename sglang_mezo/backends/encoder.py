@@ -119,7 +119,10 @@ def serve_flags(argv: list[str]) -> list[str]:
       `position_embedding_type` transformers 5 no longer writes), merged into the operator's own
       overrides, whose keys win.
     - `--context-length` for RoBERTa / XLM-R: SGLang takes max_position_embeddings as the context length,
-      two more than the position table holds (max_tokens); a longer /classify would index past it.
+      two more than the position table holds (max_tokens), and a /classify that indexes past the table
+      kills the scheduler (IndexError; measured on 0.5.23 CPU). SGLang refuses an input of >= context
+      length tokens, or with --allow-auto-truncate cuts it to context length tokens: max_tokens + 1, or
+      max_tokens when it truncates, lets exactly the inputs the table holds through.
     """
     def value(flags):
         for i, a in enumerate(argv):
@@ -144,7 +147,7 @@ def serve_flags(argv: list[str]) -> list[str]:
     else:
         argv[i + 1] = json.dumps(merged)
     if value(("--context-length",))[0] is None and cfg.get("model_type") in ("roberta", "xlm-roberta"):
-        argv += ["--context-length", str(max_tokens(cfg))]
+        argv += ["--context-length", str(max_tokens(cfg) + (0 if "--allow-auto-truncate" in argv else 1))]
     return argv
 
 

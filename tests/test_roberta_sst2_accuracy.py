@@ -192,17 +192,17 @@ def test_decoders_and_accepted_encoders_pass_the_check(tmp_path, arch, model_typ
     assert unsupported(_folder(tmp_path, arch, model_type)) is None
 
 
-def test_serve_flags_build_roberta_as_xlm_r(roberta):
-    from sglang_mezo.backends.encoder import serve_flags
+def test_serve_argv_builds_roberta_as_xlm_r(roberta):
+    from sglang_mezo.backends.encoder import serve_argv
 
-    argv = serve_flags(["--model-path", roberta, "--json-model-override-args", '{"position_embedding_type": "x"}'])
+    argv = serve_argv(["--model-path", roberta, "--json-model-override-args", '{"position_embedding_type": "x"}'])
     override = json.loads(argv[argv.index("--json-model-override-args") + 1])
     assert override == {"position_embedding_type": "x",                  # the operator's key wins
                         "architectures": ["XLMRobertaForSequenceClassification"]}
     assert "--disable-radix-cache" in argv and argv.count("--json-model-override-args") == 1
     # SGLang refuses inputs of >= context length tokens, or cuts them to context length: 128 tokens pass
     assert argv[argv.index("--context-length") + 1] == "129"
-    argv = serve_flags(["--model-path", roberta, "--allow-auto-truncate"])
+    argv = serve_argv(["--model-path", roberta, "--allow-auto-truncate"])
     assert argv[argv.index("--context-length") + 1] == "128"
     assert json.loads(argv[argv.index("--json-model-override-args") + 1]) == {
         "position_embedding_type": "absolute", "architectures": ["XLMRobertaForSequenceClassification"]}

@@ -108,7 +108,7 @@ def check_classifier(model_path: str) -> int:
     return n
 
 
-def serve_flags(argv: list[str]) -> list[str]:
+def serve_argv(argv: list[str]) -> list[str]:
     """sglang.launch_server's argv with what `sglang-mezo serve` needs for an encoder (unchanged for others).
 
     - `--disable-radix-cache`: measured with SGLang 0.5.23 on CPU, a served BertForSequenceClassification

@@ -170,11 +170,17 @@ def _folder(tmp_path, arch: str, model_type: str) -> str:
 def test_unsupported_encoder_is_refused_before_any_step(tmp_path, arch, model_type):
     from sglang_mezo.backends.encoder import CLASSIFIER_ARCHS, HEADLESS_ARCHS
 
-    model = _folder(tmp_path, arch, model_type)
-    for cmd in (["train", "--task", "sst2", "--steps", "1", "--out", str(tmp_path / "out")],
-                ["train", "--task", "sst2", "--num-labels", "2", "--steps", "1", "--out", str(tmp_path / "out")],
-                ["eval", "--task", "sst2", "--limit", "4"]):
-        p = cli(cmd[0], "--model", model, *cmd[1:], check=False)
+    from sglang_mezo.trajectory import FORMAT
+
+    model, out = _folder(tmp_path, arch, model_type), str(tmp_path / "out")
+    commands = [["train", "--model", model, "--task", "sst2", "--steps", "1", "--out", out]]
+    if arch.startswith("DistilBert"):  # every command's path, once (each is a CLI start, ~5 s)
+        (tmp_path / "t.jsonl").write_text(json.dumps({"format": FORMAT, "base_model": model}) + "\n")
+        commands += [["train", "--model", model, "--task", "sst2", "--num-labels", "2", "--out", out],
+                     ["eval", "--model", model, "--task", "sst2", "--limit", "4"],
+                     ["replay", "--trajectory", str(tmp_path / "t.jsonl"), "--out", out]]
+    for cmd in commands:
+        p = cli(*cmd, check=False)
         assert p.returncode == 2, p.stderr[-2000:]
         assert arch in p.stderr, p.stderr[-500:]
         for accepted in CLASSIFIER_ARCHS + HEADLESS_ARCHS:

@@ -157,7 +157,7 @@ class EncoderBackend(Backend):
     max_len: int
 
     def encode(self, texts: Sequence[str]) -> list[list[int]]:
-        """[CLS] text [SEP] ids, cut to the model's position limit."""
+        """The tokenizer's framing ([CLS] text [SEP]; RoBERTa / XLM-R <s> text </s>), cut to max_tokens."""
         return [self.tokenizer(t, truncation=True, max_length=self.max_len)["input_ids"] for t in texts]
 
     def classify(self, ids: Sequence[list[int]]) -> torch.Tensor:

@@ -113,7 +113,7 @@ def make_tiny_roberta(out_dir: str, *, num_labels: int = 2, seed: int = 0, headl
     model = RobertaModel(cfg, add_pooling_layer=False) if headless else RobertaForSequenceClassification(cfg)
     with torch.no_grad():  # O(1) logits and visible norm/bias values, so a wrong mapping cannot hide
         for n, p in model.named_parameters():
-            p.add_(torch.randn_like(p) * (0.1 if p.dim() == 1 else 1.0 if n.startswith("classifier") else 0.05))
+            p.add_(torch.randn_like(p) * (0.1 if p.dim() == 1 else 0.3 if n.startswith("classifier") else 0.05))
         if centre_on and not headless:
             batch = tok(list(centre_on), padding=True, truncation=True, return_tensors="pt")
             model.classifier.out_proj.bias.sub_(model.eval()(**batch).logits.mean(0))

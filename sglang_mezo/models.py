@@ -36,7 +36,20 @@ def resolve_model(path: str | None) -> str:
         raise ModelError(
             f"{path!r} is quantized ({method}): MeZO adds noise to every weight in place, which a "
             "quantized checkpoint cannot hold; use a bf16/fp16/fp32 checkpoint")
+    check_architecture(str(p))
     return str(p)
+
+
+def check_architecture(name: str | None) -> None:
+    """ModelError naming the architecture and the accepted ones when --model is an encoder (or another
+    sequence classifier) that sglang-mezo does not train; the embedded models and decoders pass."""
+    if name in (None, MINILM) or not (Path(name) / "config.json").is_file():
+        return
+    from .backends.encoder import unsupported
+
+    why = unsupported(name)
+    if why:
+        raise ModelError(why)
 
 
 def embedded_default_model() -> str:
@@ -87,7 +100,7 @@ MINILM = "minilm"  # --model minilm: all-MiniLM-L6-v2 (PyPI all-minilm-l6-v2-mod
 
 
 def is_encoder_model(name: str | None) -> bool:
-    """--model names an encoder (the embedded MiniLM, or a BERT / XLM-R folder)."""
+    """--model names an encoder (the embedded MiniLM, or a BERT / RoBERTa / XLM-R folder)."""
     if name == MINILM:
         return True
     from .backends.encoder import is_encoder

@@ -24,7 +24,7 @@ from .backends import BACKENDS, BackendError, make_backend, select_trainable
 from .backends.base import hf_dtype
 from .export import save_model
 from .mezo import mezo_step, points
-from .models import is_encoder_model, resolve_encoder, resolve_model
+from .models import check_architecture, is_encoder_model, resolve_encoder, resolve_model
 from .objectives import family_for
 from .objectives.class_logits import check_labels, n_classes
 from .settings import Settings, seed_stream
@@ -97,6 +97,7 @@ def steps(cfg: Settings, train: list, weights, measure, files: RunFiles, start: 
 
 
 def _family(cfg: Settings):
+    check_architecture(cfg.model)  # an unsupported encoder is named as such, not read as a decoder
     spec = tasks.get_task(cfg.task)
     encoder = is_encoder_model(cfg.model)
     family = family_for(cfg, encoder=encoder, spec=spec)

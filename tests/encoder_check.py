@@ -36,6 +36,11 @@ def run(model_dir: str) -> dict:
     ids = hf.encode(TEXTS)
     alone = torch.cat([sgl.classify([x]) for x in ids])
     res["batch_vs_alone"] = float((alone - sgl.classify(ids)).abs().max())
+    # the longest input the position table holds (RoBERTa / XLM-R: from padding_idx + 1), on both engines
+    res["max_len"] = [sgl.max_len, hf.max_len]
+    long = hf.encode([" ".join(TEXTS * 40)])
+    res["long_len"] = len(long[0])
+    res["long_gap"] = float((sgl.classify(long) - hf.classify(long)).abs().max())
     # the objectives read the logits only: equal logits (to 1e-4) must give the same predictions
     from sglang_mezo.objectives.class_logits import accuracy
 

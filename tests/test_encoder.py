@@ -57,6 +57,8 @@ def assert_engine_matches(r: dict, num_labels: int) -> None:
     assert r["num_labels"] == num_labels
     assert r["logits_gap"] <= 1e-4 and r["logits_gap_after"] <= 1e-4
     assert r["batch_vs_alone"] <= 1e-5                     # ragged packing does not mix sequences
+    assert r["long_len"] == r["max_len"][0] == r["max_len"][1]  # cut to what the position table holds
+    assert r["long_gap"] <= 1e-4
     assert r["accuracy"][0] == r["accuracy"][1]
     assert abs(r["ce"][0] - r["ce"][1]) <= 1e-4
     assert r["names_equal"] and r["mismatched"] == 0       # same seed → same HF elements, same values

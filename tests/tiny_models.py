@@ -71,3 +71,52 @@ def make_tiny_bert(out_dir: str, *, num_labels: int = 3, seed: int = 0, headless
     model.save_pretrained(out_dir)
     tok.save_pretrained(out_dir)
     return out_dir
+
+
+def make_tiny_roberta(out_dir: str, *, num_labels: int = 2, seed: int = 0, headless: bool = False,
+                      centre_on: list[str] | None = None) -> str:
+    """A small random RoBERTa (RobertaForSequenceClassification, or a headless RobertaModel) with a real
+    byte-level BPE RobertaTokenizerFast (vocab.json + merges.txt trained here on a few words, offline).
+    `centre_on`: texts whose mean logits the head's output bias subtracts, so a random classifier's
+    predictions split between the classes on such text (otherwise every input gets the same class and
+    the accuracy objective has nothing to move).
+
+    RoBERTa's own conventions, so a mapping that ignored them could not pass: pad_token_id 1 with
+    positions counted from padding_idx + 1 (max_position_embeddings 130 = 128 tokens + 2),
+    type_vocab_size 1, layer_norm_eps 1e-5 and `<s> … </s>` framing from the tokenizer."""
+    import json
+
+    import torch
+    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+    from transformers import RobertaConfig, RobertaForSequenceClassification, RobertaModel, RobertaTokenizerFast
+
+    words = ("it was terrible great good bad movie film the a and of to is this that not very fun "
+             "boring awful wonderful story acting plot yes no maybe true false").split()
+    bpe = Tokenizer(models.BPE())
+    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    corpus = [" ".join(words[i:] + words[:i]) for i in range(len(words))] * 20
+    bpe.train_from_iterator(corpus, trainers.BpeTrainer(
+        vocab_size=500, special_tokens=["<s>", "<pad>", "</s>", "<unk>", "<mask>"],  # RoBERTa's ids 0-4
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    state = json.loads(bpe.to_str())["model"]
+    (out / "vocab.json").write_text(json.dumps(state["vocab"]))
+    merges = [m if isinstance(m, str) else " ".join(m) for m in state["merges"]]
+    (out / "merges.txt").write_text("#version: 0.2\n" + "\n".join(merges) + "\n")
+    tok = RobertaTokenizerFast(str(out / "vocab.json"), str(out / "merges.txt"), model_max_length=128)
+    torch.manual_seed(seed)
+    cfg = RobertaConfig(vocab_size=1000, hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
+                        intermediate_size=128, max_position_embeddings=130, type_vocab_size=1,
+                        pad_token_id=1, bos_token_id=0, eos_token_id=2, layer_norm_eps=1e-5,
+                        num_labels=num_labels)
+    model = RobertaModel(cfg, add_pooling_layer=False) if headless else RobertaForSequenceClassification(cfg)
+    with torch.no_grad():  # O(1) logits and visible norm/bias values, so a wrong mapping cannot hide
+        for n, p in model.named_parameters():
+            p.add_(torch.randn_like(p) * (0.1 if p.dim() == 1 else 0.3 if n.startswith("classifier") else 0.05))
+        if centre_on and not headless:
+            batch = tok(list(centre_on), padding=True, truncation=True, return_tensors="pt")
+            model.classifier.out_proj.bias.sub_(model.eval()(**batch).logits.mean(0))
+    model.save_pretrained(out_dir)
+    tok.save_pretrained(out_dir)
+    return out_dir

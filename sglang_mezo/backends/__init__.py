@@ -9,7 +9,7 @@ BACKENDS = ("sglang", "hf")
 def make_backend(name: str, model_path: str, dtype: str = "float32", **kw) -> Backend:
     from .encoder import is_encoder
 
-    if is_encoder(model_path):  # BERT / XLM-R classifiers: class logits instead of token log-probs
+    if is_encoder(model_path):  # BERT / RoBERTa / XLM-R classifiers: class logits instead of token log-probs
         return make_encoder_backend(name, model_path, dtype, **kw)
     if name == "sglang":
         from .sglang_runner import SGLangBackend
@@ -37,8 +37,11 @@ def make_encoder_backend(name: str, model_path: str, dtype: str = "float32", **k
 def attach_backend(runner, tokenizer, model_path: str, verify_layout: bool = False, group=None) -> Backend:
     """The backend over a ModelRunner SGLang already built (the serving plugin, in a scheduler): class
     logits for an encoder classifier, token log-probs and generation otherwise."""
-    from .encoder import is_encoder
+    from .encoder import is_encoder, unsupported
 
+    why = unsupported(model_path)  # SGLang may serve it (a Llama reward model); MeZO cannot train it
+    if why:
+        raise BackendError(why)
     if is_encoder(model_path):
         from .encoder import SGLangEncoderBackend
 

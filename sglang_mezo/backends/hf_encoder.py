@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch
 
 from .base import Piece, hf_dtype
-from .encoder import MEAN_POOL_ARCH, EncoderBackend, architectures, check_classifier
+from .encoder import MEAN_POOL_ARCH, EncoderBackend, architectures, check_classifier, max_tokens
 
 
 class HFEncoderBackend(EncoderBackend):
@@ -26,7 +26,7 @@ class HFEncoderBackend(EncoderBackend):
         self.model = cls.from_pretrained(model_path, dtype=self.dtype)
         self.model = self.model.to(self.device).eval()
         self.vocab_size = self.model.config.vocab_size
-        self.max_len = self.model.config.max_position_embeddings
+        self.max_len = max_tokens(self.model.config.to_dict())  # RoBERTa: 2 rows fewer than the table
         self.max_batch_tokens = batch_tokens
         self._pieces = [Piece(n, tuple(p.shape), p.data, (0,) * p.dim()) for n, p in self.model.named_parameters()]
 

@@ -345,9 +345,9 @@ def main(argv: list[str] | None = None) -> int:
     from sglang.srt.entrypoints.http_server import app, launch_server
     from sglang.srt.server_args import prepare_server_args
 
-    from ..backends.encoder import serve_flags
+    from ..backends.encoder import serve_argv
 
-    argv += serve_flags(argv)  # an encoder classifier: what SGLang needs to serve it right
+    argv = serve_argv(argv)  # an encoder classifier: what SGLang needs to serve it right
     server_args = prepare_server_args(argv)
     if server_args.tokenizer_worker_num != 1 or os.environ.get("SGLANG_RUST_SERVER", "").lower() in (
             "1", "true"):

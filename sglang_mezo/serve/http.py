@@ -83,6 +83,19 @@ class Service:
         self._tasks.add(task)  # held: the loop keeps only a weak reference
         task.add_done_callback(self._tasks.discard)
 
+    async def call(self, op: str, args: dict) -> tuple[int, dict]:
+        return await asyncio.to_thread(plugin.call, self.rpc, op, args)
+
+    async def step(self, args: dict) -> tuple[int, dict]:
+        """A step: full-rank in the scheduler (serving paused for it), or low-rank beside user traffic."""
+        if self.lowrank is None:
+            return await self.call("step", args)
+        from ..objectives.label_words import get_objective
+        from . import lowrank
+
+        objective = get_objective(self.policy.objective(parse_step(args).settings.objective or "ce"))
+        return await lowrank.step(self.call, args, self.tokenizer_manager, objective, *self.lowrank)
+
 
 def _stop_training_first(svc: Service, base):
     """SGLang's SignalHandler, with SIGTERM (and SIGINT, which uvicorn would otherwise take) first stopping
@@ -107,19 +120,6 @@ def _stop_training_first(svc: Service, base):
             svc.shutdown(lambda: base.sigterm_handler(self, signal.SIGINT, None), "SIGINT")
 
     return StopTrainingFirst
-
-    async def call(self, op: str, args: dict) -> tuple[int, dict]:
-        return await asyncio.to_thread(plugin.call, self.rpc, op, args)
-
-    async def step(self, args: dict) -> tuple[int, dict]:
-        """A step: full-rank in the scheduler (serving paused for it), or low-rank beside user traffic."""
-        if self.lowrank is None:
-            return await self.call("step", args)
-        from ..objectives.label_words import get_objective
-        from . import lowrank
-
-        objective = get_objective(self.policy.objective(parse_step(args).settings.objective or "ce"))
-        return await lowrank.step(self.call, args, self.tokenizer_manager, objective, *self.lowrank)
 
 
 def _add_routes(app, svc: Service) -> None:

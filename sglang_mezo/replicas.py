@@ -182,9 +182,6 @@ class Coordinator:
                     f"{r.name} weights sha256 {s[:12]}" for r, s in zip(self.replicas, sums)))
             rec.extra["weights_sha256"] = sums[0]
 
-    def rollback(self, k: int) -> None:
-        self.each("/mezo/rollback", lambda r, _: r.client.rollback(k))
-
     def bytes(self) -> int:
         return sum(r.client.bytes_sent + r.client.bytes_received for r in self.replicas)
 
@@ -221,12 +218,11 @@ def train_replicas(cfg, urls: list[str], checksum_every: int = 10, timeout: floa
     coord = Coordinator(urls, body, timeout, admin_api_key)
     times, sizes, done, last = [], [], 0, None
     try:
+        if journal is not None:  # the replicas at the trajectory's last step, before the usual checks
+            _resume_at(coord, journal)
+            cfg = replace(cfg, steps=max(0, cfg.steps - len(journal[1].records)))
         ref = coord.preflight(cfg.batch_size, [train[i] for i in next(batches(len(train), cfg.batch_size, cfg.seed))])
         start = ref["steps"]
-        if journal is not None:
-            ref = _resume_at(coord, journal, ref)
-            start = ref["steps"]
-            cfg = replace(cfg, steps=max(0, cfg.steps - len(journal[1].records)))
         config = {**vars(cfg), "objective": objective, "replicas": urls, "checksum_every": checksum_every,
                   "start_step": start, "start_head": ref["head"]}
         files = RunFiles(out, config, {**ref["trajectory_header"], "replicas": [r.url for r in coord.replicas]},
@@ -282,19 +278,20 @@ def _resumable(cfg, out: Path, objective: str) -> tuple[dict, "trajectory.Trajec
     return config, t
 
 
-def _resume_at(coord: Coordinator, journal, ref: dict) -> dict:
-    """The replicas must hold exactly the journal's steps (same hash chain). One step more is what a
-    coordinator stopped between applying a step and writing it leaves: every replica rolls it back."""
+def _resume_at(coord: Coordinator, journal) -> None:
+    """Every replica must hold exactly the trajectory's steps (the same hash chain). One step more is what a
+    coordinator killed between applying a step and writing it leaves (on some replicas or all): those
+    replicas roll it back."""
     config, t = journal
     steps = config["start_step"] + len(t.records)
     want = trajectory.head(t.records, config["start_head"])
-    if ref["steps"] == steps + 1:
-        print(f"sglang-mezo train --resume: the replicas hold step {steps + 1}, which the trajectory lacks (the "
-              "coordinator stopped before writing it): rolling it back on every replica", file=sys.stderr)
-        coord.rollback(1)
-        ref = coord.each("/mezo/info", lambda r, _: r.client.info())[0]
-    if ref["steps"] != steps or ref["head"] != want:
-        raise ReplicaError(f"--resume: the replicas hold {ref['steps']} steps (head {ref['head'][:12]}), the "
-                           f"trajectory ends at step {steps} (head {want[:12]}): restart each replica with its "
-                           "--mezo-run-dir journal, or roll them back to the trajectory's last step")
-    return ref
+    for r, inf in zip(coord.replicas, coord.each("/mezo/info", lambda r, _: r.client.info())):
+        if inf["steps"] == steps + 1:
+            print(f"sglang-mezo train --resume: {r.name} holds step {steps + 1}, which the trajectory lacks (the "
+                  "coordinator stopped before writing it): rolling it back there", file=sys.stderr)
+            r.call("/mezo/rollback", r.client.rollback, 1)
+            inf = r.call("/mezo/info", r.client.info)
+        if inf["steps"] != steps or inf["head"] != want:
+            raise ReplicaError(f"--resume: {r.name} holds {inf['steps']} steps (head {inf['head'][:12]}), the "
+                               f"trajectory ends at step {steps} (head {want[:12]}): restart it with its "
+                               "--mezo-run-dir journal, or roll it back to the trajectory's last step")

@@ -170,3 +170,52 @@ def test_stop_and_sigterm_end_training_at_a_step_boundary(tiny_model, tmp_path, 
     assert int(m[1]) == t.records[-1].step >= seen >= max(acked)
     print(json.dumps({"mode": mode, "sigterm_to_exit_s": round(exit_s, 1), "step_s": round(step_s, 2)}))
     assert exit_s < step_s + 60, (exit_s, step_s)
+
+
+def test_replicas_coordinator_resumes_where_it_was_killed(tiny_model, tmp_path):
+    """`train --replicas`: coordinator and one replica killed -9 mid-run; the replica restarts from its
+    journal, `train --resume` continues, and the run equals an uninterrupted one (same records, same
+    final weights)."""
+    admin, out = "admin-key-j", tmp_path / "dp"
+    env = {**os.environ, "SGLANG_MEZO_ADMIN_API_KEY": admin}
+    keys = ("--admin-api-key", admin)
+
+    def train(urls, dest, *extra):
+        return [sys.executable, "-m", "sglang_mezo", "train", "--replicas", ",".join(urls), "--task", "sst2",
+                "--lr", "1e-3", "--eps", "1e-2", "--batch-size", "8", "--seed", "7", "--steps", "8",
+                "--checksum-every", "2", "--out", str(dest), "--progress-off", *extra]
+
+    with _serve(tiny_model, tmp_path / "ra", tmp_path / "a.log", *keys) as a:
+        with _serve(tiny_model, tmp_path / "rb", tmp_path / "b.log", *keys) as b:
+            p = subprocess.Popen(train([a, b], out), env=env, cwd=str(ROOT), stdout=subprocess.DEVNULL,
+                                 stderr=subprocess.DEVNULL)
+            deadline = time.time() + 600
+            while not ((out / "trajectory.jsonl").exists() and
+                       (out / "trajectory.jsonl").read_text().count("\n") >= 4):  # header + 3 steps
+                assert time.time() < deadline and p.poll() is None
+                time.sleep(0.05)
+            p.kill()
+            p.wait()
+            os.killpg(PROCS[b].pid, signal.SIGKILL)
+        killed_at = len(_journal(out).records)
+        assert 3 <= killed_at < 8
+        with _serve(tiny_model, tmp_path / "rb", tmp_path / "b2.log", *keys) as b:  # restored from its journal
+            r = subprocess.run(train([a, b], out, "--resume"), env=env, cwd=str(ROOT), capture_output=True,
+                               text=True, timeout=900)
+            assert r.returncode == 0, r.stderr[-3000:]
+            resumed = [json.loads(l) for l in open(out / "trajectory.jsonl")][1:]
+            assert [x["step"] for x in resumed] == list(range(1, 9))
+            final = requests.get(a + "/mezo/checksum", timeout=300, headers={"Authorization": f"Bearer {admin}"})
+            assert final.json()["weights_sha256"] == resumed[-1]["extra"]["weights_sha256"]
+            # the same run without interruption, from the base weights
+            for u in (a, b):
+                rb = requests.post(u + "/mezo/rollback", json={"steps": 8}, timeout=300,
+                                   headers={"Authorization": f"Bearer {admin}"})
+                assert rb.status_code == 200, rb.text
+            r = subprocess.run(train([a, b], tmp_path / "dp_once"), env=env, cwd=str(ROOT), capture_output=True,
+                               text=True, timeout=900)
+            assert r.returncode == 0, r.stderr[-3000:]
+    once = [json.loads(l) for l in open(tmp_path / "dp_once/trajectory.jsonl")][1:]
+    strip = [{k: v for k, v in x.items() if k != "extra"} for x in resumed]
+    assert strip == [{k: v for k, v in x.items() if k != "extra"} for x in once]
+    assert resumed[-1]["extra"]["weights_sha256"] == once[-1]["extra"]["weights_sha256"]

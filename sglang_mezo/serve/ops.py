@@ -231,6 +231,8 @@ class ServedTrainer:
         t0 = time.perf_counter()
         self.journal = Journal(run_dir, self.header("sglang-serve"), writer=self.backend.tp_rank == 0)
         t = self.journal.restored
+        # warnings, not info: no handler is configured for our logger in SGLang's processes, and an
+        # operator must see what a start restored at every log level
         if t is None:
             log.warning("MeZO journal %s: new (no steps to restore)", self.journal.path)
             return

@@ -15,21 +15,26 @@ only approximately. Transport: JSON over HTTP to the servers (serve/client.py), 
 """
 from __future__ import annotations
 
+import json
 import math
 import statistics
+import sys
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 
-from . import tasks
+from . import tasks, trajectory
 from .objectives import Measure, family_for
 from .perturb import OneSeedAtATime
 from .run import RunFiles, batches, check_out, steps
 from .serve.client import MezoClient, MezoError
+from .settings import HTTP_FIELDS
 
 # train options with no meaning here: the model, engine and weights are the replicas' own
 _FIXED = {"model": None, "backend": "sglang", "dtype": "float32", "trainable": None, "perturb": "layerwise",
           "eval_every": 0, "keep": "best", "num_labels": None}
+# what a resumed run must share with the run it continues (its batches, seeds and steps depend on them)
+_SAME_RUN = sorted(HTTP_FIELDS | {"n_train", "n_dev", "n_test", "data_dir"})
 
 
 class ReplicaError(ValueError):
@@ -203,7 +208,9 @@ def train_replicas(cfg, urls: list[str], checksum_every: int = 10, timeout: floa
                          "classification tasks")
     objective = family.objective_name
     out = Path(cfg.out)
-    check_out(out, cfg.overwrite)
+    journal = _resumable(cfg, out, objective) if cfg.resume else None
+    if journal is None:
+        check_out(out, cfg.overwrite)
     data = tasks.splits(spec, k_shot=cfg.k_shot, seed=cfg.seed, n_train=cfg.n_train, n_dev=cfg.n_dev,
                         n_test=cfg.n_test, data_dir=cfg.data_dir)
     train = [{"prompt": e.prompt, "candidates": list(e.candidates), "label": int(e.label)} for e in data["train"]]
@@ -211,11 +218,15 @@ def train_replicas(cfg, urls: list[str], checksum_every: int = 10, timeout: floa
     coord = Coordinator(urls, body, timeout, admin_api_key)
     times, sizes, done, last = [], [], 0, None
     try:
+        if journal is not None:  # the replicas at the trajectory's last step, before the usual checks
+            _resume_at(coord, journal)
+            cfg = replace(cfg, steps=max(0, cfg.steps - len(journal[1].records)))
         ref = coord.preflight(cfg.batch_size, [train[i] for i in next(batches(len(train), cfg.batch_size, cfg.seed))])
         start = ref["steps"]
         config = {**vars(cfg), "objective": objective, "replicas": urls, "checksum_every": checksum_every,
-                  "start_step": start}
-        files = RunFiles(out, config, {**ref["trajectory_header"], "replicas": [r.url for r in coord.replicas]})
+                  "start_step": start, "start_head": ref["head"]}
+        files = RunFiles(out, config, {**ref["trajectory_header"], "replicas": [r.url for r in coord.replicas]},
+                         resume=journal and journal[1])
         sent = [0]
 
         def measure(examples, step):
@@ -245,3 +256,42 @@ def train_replicas(cfg, urls: list[str], checksum_every: int = 10, timeout: floa
             "weights_sha256": last.extra.get("weights_sha256") if last else ref["weights_sha256"],
             "s_per_step_median": statistics.median(times) if times else None,
             "bytes_per_step_median": statistics.median(sizes) if sizes else None}
+
+
+def _resumable(cfg, out: Path, objective: str) -> tuple[dict, "trajectory.Trajectory"]:
+    """`--resume`: --out's config and trajectory, refused (naming the setting) if this command would draw
+    other batches, seeds or steps than the run it continues."""
+    path = out / "trajectory.jsonl"
+    if not path.is_file() or not (out / "config.json").is_file():
+        raise ValueError(f"--resume: {out} holds no run to continue (config.json and trajectory.jsonl)")
+    config = json.loads((out / "config.json").read_text())
+    if "start_head" not in config:
+        raise ValueError(f"--resume: {out} was not written by a resumable `train --replicas` run")
+    now = {**vars(cfg), "objective": objective}
+    diff = [f"--{k.replace('_', '-')} {config.get(k)!r} -> {now[k]!r}" for k in _SAME_RUN if config.get(k) != now[k]]
+    if diff:
+        raise ValueError(f"--resume: this command differs from the run in {out}: {', '.join(diff)}")
+    t = trajectory.load(path)
+    if t.torn is not None:
+        print(f"sglang-mezo train --resume: {path}: its last line was cut short by a crash and is dropped",
+              file=sys.stderr)
+    return config, t
+
+
+def _resume_at(coord: Coordinator, journal) -> None:
+    """Every replica must hold exactly the trajectory's steps (the same hash chain). One step more is what a
+    coordinator killed between applying a step and writing it leaves (on some replicas or all): those
+    replicas roll it back."""
+    config, t = journal
+    steps = config["start_step"] + len(t.records)
+    want = trajectory.head(t.records, config["start_head"])
+    for r, inf in zip(coord.replicas, coord.each("/mezo/info", lambda r, _: r.client.info())):
+        if inf["steps"] == steps + 1:
+            print(f"sglang-mezo train --resume: {r.name} holds step {steps + 1}, which the trajectory lacks (the "
+                  "coordinator stopped before writing it): rolling it back there", file=sys.stderr)
+            r.call("/mezo/rollback", r.client.rollback, 1)
+            inf = r.call("/mezo/info", r.client.info)
+        if inf["steps"] != steps or inf["head"] != want:
+            raise ReplicaError(f"--resume: {r.name} holds {inf['steps']} steps (head {inf['head'][:12]}), the "
+                               f"trajectory ends at step {steps} (head {want[:12]}): restart it with its "
+                               "--mezo-run-dir journal, or roll it back to the trajectory's last step")

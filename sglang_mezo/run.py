@@ -58,13 +58,20 @@ def batches(n: int, size: int, seed: int):
 
 class RunFiles:
     """DIR/config.json (written at once), DIR/trajectory.jsonl and DIR/metrics.jsonl (appended and flushed
-    every step) of one job."""
+    every step) of one job. `resume` (trajectory.load of DIR's trajectory): continue those files instead."""
 
-    def __init__(self, out: Path, config: dict, header: dict):
+    def __init__(self, out: Path, config: dict, header: dict, resume=None):
         out.mkdir(parents=True, exist_ok=True)
-        (out / "config.json").write_text(json.dumps(config, indent=2))
-        self.traj = TrajectoryWriter(out / "trajectory.jsonl", header)
-        self._metrics = open(out / "metrics.jsonl", "w", encoding="utf-8")
+        if resume is None:
+            (out / "config.json").write_text(json.dumps(config, indent=2))
+            self.traj = TrajectoryWriter(out / "trajectory.jsonl", header)
+            self._metrics = open(out / "metrics.jsonl", "w", encoding="utf-8")
+        else:  # the torn last line a crash may leave is cut from both files before appending
+            self.traj = TrajectoryWriter(out / "trajectory.jsonl", keep_bytes=resume.size)
+            metrics = out / "metrics.jsonl"
+            data = metrics.read_bytes() if metrics.exists() else b""
+            self._metrics = open(metrics, "a", encoding="utf-8")
+            self._metrics.truncate(data.rfind(b"\n") + 1)
 
     def log(self, obj: dict) -> None:
         self._metrics.write(json.dumps(obj) + "\n")
@@ -80,9 +87,13 @@ def steps(cfg: Settings, train: list, weights, measure, files: RunFiles, start: 
     """MeZO's loop: steps start+1 … start+cfg.steps, batches and seeds drawn as every job draws them.
     `measure(examples, step)` → the step's loss (objectives.base.Measure); `commit(record)` runs before the
     step is journaled (the coordinator applies it on the replicas) and returns log fields. Yields
-    (record, log fields, seconds) after each step is on disk."""
+    (record, log fields, seconds) after each step is on disk. Step k draws the seeds and batch step k of
+    an uninterrupted run draws (the first `start` are skipped), so a resumed run continues the same stream."""
     seeds = seed_stream(cfg.seed, cfg.n_queries)
     order = batches(len(train), cfg.batch_size, cfg.seed)
+    for _ in range(start):
+        next(seeds)
+        next(order)
     for step in range(start + 1, start + cfg.steps + 1):
         m = measure([train[i] for i in next(order)], step)
         t0 = time.perf_counter()
@@ -127,6 +138,9 @@ def train(cfg: Settings) -> dict:
     if cfg.perturb == "lowrank" and not family.lowrank:
         raise ValueError("--perturb lowrank runs classification tasks on decoder models (its adapters "
                          "batch scoring forwards); generation tasks and encoder classifiers use layerwise")
+    if cfg.resume:
+        raise ValueError("--resume continues a `train --replicas` run (a served run resumes from "
+                         "`serve --mezo-run-dir`)")
     if cfg.out is None:
         raise ValueError("--out (the output folder) is required")
     if cfg.backend not in BACKENDS:

@@ -81,6 +81,8 @@ class Settings:
     checksum_every: int = _s(10, "with --replicas: compare the replicas' weight checksums every K steps",
                              1, 10**9)
     replica_timeout: float = _s(600.0, "with --replicas: seconds a replica may take to answer", 1e-3, 10**6)
+    resume: bool = _s(False, "with --replicas: continue the run whose trajectory is in --out (the replicas must "
+                      "hold the steps it records, e.g. restored from their --mezo-run-dir journals)")
 
     def __post_init__(self):
         for f in fields(self):

@@ -5,6 +5,7 @@
   ops.py       the scheduler side: one operation table, one dispatcher (ServedTrainer)
   protocol.py  every request, typed and parsed in one place;  policy.py  what a request may name
   client.py    MezoClient (HTTP) and EngineTrainer (an in-process sglang.Engine)
+  journal.py   the write-ahead journal of `serve --mezo-run-dir` (every step on disk before it counts)
 """
 from .client import EngineTrainer, MezoClient, MezoError
 

@@ -61,9 +61,13 @@ class MezoClient:
     def rollback(self, steps: int = 1) -> dict:
         return self._post("/mezo/rollback", {"steps": steps})
 
-    def save(self, path: str, overwrite: bool = False) -> dict:
-        """`path`: a folder name under the server's --mezo-save-dir."""
-        return self._post("/mezo/save", {"path": path, "overwrite": overwrite})
+    def save(self, path: str, overwrite: bool = False, model: bool = True) -> dict:
+        """`path`: a folder name under the server's --mezo-save-dir; model=False: the trajectory only."""
+        return self._post("/mezo/save", {"path": path, "overwrite": overwrite, "model": model})
+
+    def stop(self) -> dict:
+        """Stop a running /mezo/train at the next step boundary (returns once it has); the server stays up."""
+        return self._post("/mezo/stop", {})
 
     # data-parallel replica ops (serve/ops.py; driven by sglang_mezo.replicas)
     def losses(self, seed: int, scales: list[float], **body) -> dict:
@@ -162,8 +166,8 @@ class EngineTrainer:
     def rollback(self, steps: int = 1) -> dict:
         return self._call("rollback", {"steps": steps})
 
-    def save(self, path: str, overwrite: bool = False) -> dict:
-        return self._call("save", {"path": path, "overwrite": overwrite})
+    def save(self, path: str, overwrite: bool = False, model: bool = True) -> dict:
+        return self._call("save", {"path": path, "overwrite": overwrite, "model": model})
 
     def status(self) -> dict:
         return self._call("status", {})

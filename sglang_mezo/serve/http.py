@@ -38,6 +38,10 @@ class Service:
         self.lock = asyncio.Lock()
         self.train_task = None
         self.progress = {"running": False, "done": 0, "total": 0, "last": None, "error": None}
+        self.stop = asyncio.Event()     # /mezo/train stops at the next step boundary (/mezo/stop, a signal)
+        self.shutting_down = False      # after SIGTERM/SIGINT: no new steps, then SGLang's own shutdown
+        self.last_step = None           # the last step a client was told of (the log names it on exit)
+        self._tasks: set = set()
 
     def init_tokenizer_manager(self, server_args, port_args, *a, **kw):
         """launch_server's public `init_tokenizer_manager_func`: SGLang's own, plus our RPC socket."""
@@ -53,7 +57,37 @@ class Service:
         self.schedulers = Schedulers([get_zmq_socket(ctx, zmq.DEALER, n, True) for n in names], self.rpc_timeout)
         out = init_tokenizer_manager(server_args, port_args, *a, **kw)
         self.tokenizer_manager = out[0]  # (TokenizerManager, TemplateManager)
+        # SGLang installs this class's handlers (its public hook for them) on its first request
+        self.tokenizer_manager.signal_handler_class = _stop_training_first(
+            self, self.tokenizer_manager.signal_handler_class)
         return out
+
+    async def stopped(self) -> None:
+        """Until /mezo/train has left its loop and no /mezo step is in flight (its record journaled)."""
+        if self.train_task is not None:
+            await asyncio.wait([self.train_task])
+        async with self.lock:
+            pass
+
+    def shutdown(self, then, signame: str) -> None:
+        """A signal: /mezo/train stops at the next step boundary (no new ±ε forwards), then `then()` —
+        SGLang's own handling — runs. A second signal runs it at once."""
+        if self.shutting_down:
+            then()
+            return
+        self.shutting_down = True
+        self.stop.set()
+        log.warning("MeZO: %s: training stops at the next step boundary, then the server shuts down", signame)
+
+        async def after():
+            await self.stopped()
+            log.warning("MeZO: %s: training stopped; the last step is %s (journal complete); SGLang shuts "
+                        "down now", signame, self.last_step)
+            then()
+
+        task = asyncio.get_running_loop().create_task(after())
+        self._tasks.add(task)  # held: the loop keeps only a weak reference
+        task.add_done_callback(self._tasks.discard)
 
     async def call(self, op: str, args: dict) -> tuple[int, dict]:
         return await self.schedulers.call(op, args)
@@ -67,6 +101,31 @@ class Service:
 
         objective = get_objective(self.policy.objective(parse_step(args).settings.objective or "ce"))
         return await lowrank.step(self.call, args, self.tokenizer_manager, objective, *self.lowrank)
+
+
+def _stop_training_first(svc: Service, base):
+    """SGLang's SignalHandler, with SIGTERM (and SIGINT, which uvicorn would otherwise take) first stopping
+    /mezo/train at a step boundary: otherwise SGLang's drain waits for requests the training loop keeps
+    issuing (low-rank steps are ordinary requests), and a supervisor's SIGKILL comes first."""
+    import signal
+    import threading
+
+    class StopTrainingFirst(base):
+        def __init__(self, tokenizer_manager):
+            super().__init__(tokenizer_manager)
+            if threading.current_thread() is threading.main_thread():  # where SGLang installs its own
+                try:
+                    asyncio.get_running_loop().add_signal_handler(signal.SIGINT, self.sigint_handler)
+                except RuntimeError:  # no running loop: leave SIGINT to uvicorn
+                    pass
+
+        def sigterm_handler(self, signum=None, frame=None):
+            svc.shutdown(lambda: base.sigterm_handler(self, signum, frame), "SIGTERM")
+
+        def sigint_handler(self):
+            svc.shutdown(lambda: base.sigterm_handler(self, signal.SIGINT, None), "SIGINT")
+
+    return StopTrainingFirst
 
 
 def _add_routes(app, svc: Service) -> None:
@@ -94,13 +153,18 @@ def _add_routes(app, svc: Service) -> None:
             raise RequestError("body is not valid JSON: nested too deeply or not UTF-8") from None
 
     def busy() -> None:
+        if svc.shutting_down:
+            raise RequestError("the server is shutting down: no new MeZO steps", 503)
         if svc.lock.locked() or (svc.train_task and not svc.train_task.done()):
             raise RequestError("a MeZO step or training run is in progress", 409)
 
     async def exclusive(op: str, args: dict):
         busy()
         async with svc.lock:
-            return await (svc.step(args) if op == "step" else svc.call(op, args))
+            code, res = await (svc.step(args) if op == "step" else svc.call(op, args))
+        if code == 200 and op in ("step", "apply"):
+            svc.last_step = res["step"]
+        return code, res
 
     def route(path, method="post", admin=True):
         def deco(fn):
@@ -159,21 +223,30 @@ def _add_routes(app, svc: Service) -> None:
         t = parse_train(await body(request))
         _check_policy(svc.policy, parse_step(t.step))
         busy()
-        svc.progress = {"running": True, "done": 0, "total": t.steps, "last": None, "error": None}
+        svc.stop.clear()
+        svc.progress = {"running": True, "done": 0, "total": t.steps, "last": None, "error": None,
+                        "stopped": False}
 
         async def run():
             try:
                 for i in range(t.steps):
+                    if svc.stop.is_set():  # /mezo/stop or a signal: at a step boundary, journal complete
+                        svc.progress["stopped"] = True
+                        break
                     async with svc.lock:  # released between steps: other routes answer 409 meanwhile
                         code, res = await svc.step(t.step)
                     if code != 200:
                         svc.progress["error"] = res.get("error", res)
                         break
+                    svc.last_step = res["step"]
                     svc.progress.update(done=i + 1, last=res)
                     for k in ("update_s", "forward_s"):  # low-rank steps: the pause, and the ±ε batch
                         if k in res:
                             svc.progress[f"max_{k}"] = max(svc.progress.get(f"max_{k}", 0.0), res[k])
-                    await asyncio.sleep(t.interval_s)  # ordinary requests run freely between steps
+                    try:  # ordinary requests run freely between steps; a stop ends the wait early
+                        await asyncio.wait_for(svc.stop.wait(), t.interval_s)
+                    except asyncio.TimeoutError:
+                        pass
             except Exception as e:  # noqa: BLE001 - recorded for /mezo/status; details in the log
                 log.exception("MeZO training run failed")
                 svc.progress["error"] = f"training run failed: {type(e).__name__}"
@@ -182,6 +255,17 @@ def _add_routes(app, svc: Service) -> None:
 
         svc.train_task = asyncio.create_task(run())
         return 202, {"started": True, "steps": t.steps}
+
+    @route("/mezo/stop")
+    async def stop(request):
+        """/mezo/train stops at the next step boundary; the reply comes once it has (the server stays up)."""
+        if await body(request):
+            raise RequestError("/mezo/stop takes no fields")
+        running = svc.train_task is not None and not svc.train_task.done()
+        if running:
+            svc.stop.set()
+            await svc.stopped()
+        return 200, {**svc.progress, "stopped": running}
 
 
 def _require_admin_key_configured(keys) -> None:
@@ -213,6 +297,9 @@ def _mezo_flags(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
     p.add_argument("--mezo-rpc-timeout", type=float, default=900.0, metavar="SECONDS",
                    help="a /mezo/* call whose scheduler (a DP rank's, under --dp-size) does not answer in this "
                    "time fails with 504 naming it (default: 900)")
+    p.add_argument("--mezo-run-dir", metavar="DIR",
+                   help="write-ahead journal DIR/trajectory.jsonl: every step and rollback is on disk before "
+                        "it is acknowledged; a restart with the same DIR replays it before serving")
     # the train flags --perturb / --rank, defined once in settings.py; lowrank runs a step's ±ε forwards as
     # ordinary adapter requests beside user traffic, and serving pauses only for each in-place update
     for name in ("perturb", "rank"):
@@ -354,6 +441,19 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit("sglang-mezo serve: the /mezo/* routes need SGLang's single-process Python HTTP "
                          "server (no --tokenizer-worker-num > 1, no SGLANG_RUST_SERVER)")
     _check_dp(ns, server_args)
+    if ns.mezo_run_dir:  # before SGLang starts: a journal this server cannot replay stops it here
+        from ..noise import VERSION
+        from .journal import JournalError, prepare_launch
+
+        expected = {"noise": VERSION, "perturb": ns.mezo_perturb}
+        if ns.mezo_perturb == "lowrank":
+            expected["rank"] = ns.mezo_rank
+        if server_args.dtype in ("float32", "bfloat16", "float16"):  # "auto": the schedulers check it
+            expected["dtype"] = server_args.dtype
+        try:
+            os.environ.update(prepare_launch(ns.mezo_run_dir, server_args.model_path, expected))
+        except (JournalError, OSError, ValueError) as e:
+            raise SystemExit(f"sglang-mezo serve: {e}") from None
     svc = Service(policy, (server_args.api_key, server_args.admin_api_key))
     svc.rpc_timeout = ns.mezo_rpc_timeout
     svc.lowrank = _lowrank_limits(ns, server_args)

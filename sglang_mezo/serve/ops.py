@@ -17,9 +17,9 @@ requests re-prefill under the new weights: no request ever sees perturbed weight
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import time
+from collections import Counter
 from contextlib import contextmanager
 from dataclasses import asdict
 
@@ -39,14 +39,10 @@ from .protocol import PARSERS, ApplyArgs, LossesArgs, RequestError, SaveArgs, St
 log = logging.getLogger("sglang_mezo.serve")
 
 
-def head(records) -> str:
-    """sha256 of the trajectory so far: replicas with the same head took the same steps."""
-    return hashlib.sha256(json.dumps([asdict(r) for r in records]).encode()).hexdigest()
-
-
 class ServedTrainer:
     def __init__(self, backend, pause, resume, flush, perturb_mode: str = "layerwise",
-                 policy: Policy | None = None, rank: int | None = None):
+                 policy: Policy | None = None, rank: int | None = None, base_sha256: str | None = None,
+                 dp_rank: int = 0):
         self.backend, self._pause, self._resume, self._flush = backend, pause, resume, flush
         self.perturb, self.rank = perturb_mode, rank
         self.policy = policy or Policy()   # restricted under `sglang-mezo serve` (requests over HTTP)
@@ -57,6 +53,12 @@ class ServedTrainer:
         self.weights = perturb.make(perturb_mode, self.pieces, backend, replay=perturb_mode == "lowrank", rank=rank)
         self.records: list[StepRecord] = []
         self._data: dict = {}
+        self.base_sha256 = base_sha256  # the base model's content hash (serve --mezo-run-dir), for headers
+        self.dp_rank = dp_rank          # under --dp-size N only DP rank 0 writes the journal (dp.py)
+        self.journal = None             # journal.Journal with --mezo-run-dir: every step on disk before it counts
+        self._sampled = None            # the task sampler a step drew its batch from (journaled in `extra`)
+        self._drawn: Counter = Counter()  # batches each sampler drew before a restart (skipped on resume)
+        self._planned: dict = {}        # low-rank: step number -> its sampler, until its update lands
 
     def handle(self, op: str, args) -> dict:
         if op not in OPS:
@@ -77,6 +79,7 @@ class ServedTrainer:
     def prepare(self, a: StepArgs):
         """(family, encoded batch) of a step request; every problem a RequestError naming it."""
         s, spec = a.settings, None
+        self._sampled = None
         try:
             if a.examples is None:
                 spec = self._task(a)
@@ -131,8 +134,12 @@ class ServedTrainer:
                 if not isinstance(e, tasks.TaskError) and not self.policy.restricted:
                     raise
                 raise self._task_error(a, e) from None
-            self._data[key] = (train, batches(len(train), s.batch_size, s.seed))
+            order = batches(len(train), s.batch_size, s.seed)
+            for _ in range(self._drawn.pop(key, 0)):  # a restored journal's steps drew these already
+                next(order)
+            self._data[key] = (train, order)
         train, order = self._data[key]
+        self._sampled = key
         return [train[i] for i in next(order)]
 
     def _task_error(self, a: StepArgs, e: Exception) -> RequestError:
@@ -164,8 +171,8 @@ class ServedTrainer:
                 rec = mezo_step(self.weights, m, step_seeds(s.seed, step, s.n_queries), s, step)
         except rewards.RewardError as e:  # a registered reward misbehaved: weights already restored
             raise RequestError(str(e)) from None
-        rec.extra = dict(m.extra)
-        self.records.append(rec)
+        rec.extra = dict(m.extra, **({"sample": list(self._sampled)} if self._sampled else {}))
+        self._commit(rec)
         return {"step": rec.step, "loss_plus": rec.loss_plus, "loss_minus": rec.loss_minus,
                 "projected_grad": rec.grads, "seeds": rec.seeds, "time_s": time.perf_counter() - t0,
                 **m.summary(), "record": asdict(rec)}   # record: what other DP ranks apply (dp.py)
@@ -174,6 +181,8 @@ class ServedTrainer:
         if k > len(self.records):
             raise RequestError(f"cannot roll back {k} steps: only {len(self.records)} taken", 409)
         keep = self.records[: len(self.records) - k]
+        if k:  # write-ahead: once journaled, a restart restores the rolled-back weights even if we die below
+            self._journaled(self.journal and (lambda: self.journal.rollback(len(keep))), "rollback")
         with self.exclusive():
             trajectory.rewind(self.backend, self.pieces, self.perturb, keep, self.rank)
         self.records = keep
@@ -193,6 +202,11 @@ class ServedTrainer:
         err = self.backend.gather(err)[0]
         if err:  # every rank stops here, so none waits in the gather below
             raise RequestError(*err)
+        if not a.model:  # the seeds only: the model is `sglang-mezo replay` of this file on the base
+            if rank == 0:
+                trajectory.write(out / "trajectory.jsonl", self.header("sglang-serve"), self.records)
+            return {"path": a.path if self.policy.restricted else str(out), "steps": len(self.records),
+                    "model": False} if rank == 0 else {}
         with self.exclusive():  # weights are never mid-perturbation here; exclusive keeps it so
             state = self.backend.hf_state_dict()  # under TP: collective, full tensors on rank 0
         if rank != 0:
@@ -203,11 +217,59 @@ class ServedTrainer:
 
     def header(self, backend_name: str) -> dict:
         dtype = str(self.backend.dtype).removeprefix("torch.")
-        return trajectory.make_header(self.backend.model_path, dtype, self.pieces, backend_name, self.perturb,
+        head = trajectory.make_header(self.backend.model_path, dtype, self.pieces, backend_name, self.perturb,
                                       rank=self.rank)
+        head["tp_size"] = self.backend.tp_size  # informational: a replay is the same under any TP layout
+        if self.base_sha256:
+            head["base_model_sha256"] = self.base_sha256
+        return head
+
+    # -- the journal (serve --mezo-run-dir; journal.py) ------------------------------------------
+    def open_journal(self, run_dir: str) -> None:
+        """At scheduler start, before anything is served: the journal's steps replayed in place (the
+        engine holds the base weights), then every later step and rollback appended to it."""
+        from .journal import Journal
+
+        t0 = time.perf_counter()
+        self.journal = Journal(run_dir, self.header("sglang-serve"),
+                               writer=self.backend.tp_rank == 0 and self.dp_rank == 0)
+        t = self.journal.restored
+        # warnings, not info: no handler is configured for our logger in SGLang's processes, and an
+        # operator must see what a start restored at every log level
+        if t is None:
+            log.warning("MeZO journal %s: new (no steps to restore)", self.journal.path)
+            return
+        trajectory.rewind(self.backend, self.pieces, self.perturb, t.records, self.rank, reload=False)
+        self.records = list(t.records)
+        self._drawn = Counter(tuple(r.extra["sample"]) for r in t.taken if "sample" in r.extra)
+        log.warning("MeZO journal %s: restored %d steps (%d journaled, %d rollbacks%s) in %.1f s; the next "
+                    "step is %d", self.journal.path, len(t.records), len(t.taken), t.rollbacks,
+                    ", a torn last line dropped" if t.torn else "", time.perf_counter() - t0, len(t.records) + 1)
+
+    def _journaled(self, write, what: str) -> None:
+        """Run a journal write (rank 0's; `write` falsy: no journal) and agree on the outcome across TP
+        ranks; a failure is a RequestError that names it (507)."""
+        if not write:
+            return
+        err = write()
+        if self.backend.tp_size > 1:
+            err = self.backend.gather(err)[0]
+        if err:
+            raise RequestError(f"{what} not done: {err}", 507)
+
+    def _commit(self, rec: StepRecord) -> None:
+        """The step counts once its record is journaled (fsync'd); if the journal cannot take it, the
+        weights go back to the steps before it."""
+        try:
+            self._journaled(self.journal and (lambda: self.journal.step(rec)), f"step {rec.step}")
+        except RequestError:
+            with self.exclusive():
+                trajectory.rewind(self.backend, self.pieces, self.perturb, self.records, self.rank)
+            raise
+        self.records.append(rec)
 
     def status(self, checksum: bool = False) -> dict:
-        out = {"steps": len(self.records), "head": head(self.records), "last": None if not self.records else {
+        out = {"steps": len(self.records), "head": trajectory.head(self.records), "last": None if not self.records else {
             "step": self.records[-1].step, "loss": self.records[-1].loss, "grads": self.records[-1].grads}}
         if checksum:
             out["weights_sha256"] = self.checksum()
@@ -254,11 +316,11 @@ class ServedTrainer:
         with self.exclusive():
             replay_step(perturb.make(self.perturb, self.pieces, self.backend, replay=True, rank=self.rank),
                         a.record)
-        self.records.append(a.record)
+        self._commit(a.record)
         return {"step": a.record.step, **({"weights_sha256": self.checksum()} if a.checksum else {})}
 
     def info(self, _=None) -> dict:
-        return {"steps": len(self.records), "head": head(self.records), "weights_sha256": self.checksum(),
+        return {"steps": len(self.records), "head": trajectory.head(self.records), "weights_sha256": self.checksum(),
                 "tp_size": self.backend.tp_size, "perturb": self.perturb,
                 "dtype": str(self.backend.dtype).removeprefix("torch."),
                 "trajectory_header": self.header("sglang-replicas")}
@@ -278,6 +340,7 @@ class ServedTrainer:
         if family.name != "label_words":
             raise RequestError("low-rank steps take classification tasks (label words)")
         s, step = a.settings, len(self.records) + 1
+        self._planned = {step: self._sampled}
         return {"step": step, "seeds": step_seeds(s.seed, step, s.n_queries), "rank": self.rank,
                 "requests": [[list(r.ids), list(r.next_ids), r.target_len] for r in enc.requests],
                 "where": [list(w) for w in enc.where], "labels": enc.labels.tolist(),
@@ -291,7 +354,9 @@ class ServedTrainer:
         t0 = time.perf_counter()
         with self.exclusive():
             replay_step(self.weights, a.record)
-        self.records.append(a.record)
+        if self._planned.get(a.record.step):
+            a.record.extra["sample"] = list(self._planned.pop(a.record.step))
+        self._commit(a.record)
         return {"step": a.record.step, "update_s": time.perf_counter() - t0}
 
 

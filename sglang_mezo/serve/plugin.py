@@ -29,7 +29,11 @@ def register() -> None:
     from ..backends.sglang_patches import apply_all
 
     apply_all()  # patches/*.diff, in memory, in every SGLang process (multi-LoRA on CPU needs 0001)
-    HookRegistry.register(TARGET, SchedulerSide().handle_rpc_request, HookType.AROUND)
+    side = SchedulerSide()
+    HookRegistry.register(TARGET, side.handle_rpc_request, HookType.AROUND)
+    # `serve --mezo-run-dir`: the journal is replayed when a Scheduler has finished building, before it
+    # reports ready — SGLang opens the HTTP port (and /health) only after every scheduler is ready
+    HookRegistry.register(MODELS_TARGET, side.restore_journal, HookType.AFTER)
     # our model classes (the mean-pooled BERT classifier), added to SGLang's registry where a model is
     # built: just before a Scheduler starts. Not here: the registry imports every SGLang model (seconds),
     # which the HTTP and detokenizer processes never need.
@@ -58,6 +62,14 @@ class SchedulerSide:
 
     def __init__(self):
         self.trainer = None
+
+    def restore_journal(self, result, sched, *args, **kwargs) -> None:
+        import os
+
+        from .journal import RUN_DIR_ENV
+
+        if os.environ.get(RUN_DIR_ENV):  # a journal that cannot be used raises: the server does not start
+            self._trainer(sched)
 
     def handle_rpc_request(self, original, sched, recv_req):
         if recv_req.method != METHOD:
@@ -91,9 +103,11 @@ class SchedulerSide:
             import os
 
             from sglang.srt.managers.io_struct import ContinueGenerationReqInput, PauseGenerationReqInput
+            from sglang.srt.runtime_context import get_parallel
 
             from ..backends import attach_backend
             from ..backends.sglang_runner import check_version
+            from .journal import BASE_SHA256_ENV, RUN_DIR_ENV
             from .ops import ServedTrainer
             from .policy import Policy
 
@@ -106,14 +120,19 @@ class SchedulerSide:
                 if not sched.flush_cache(empty_cache=False):
                     raise RuntimeError("could not flush SGLang's cache while paused")
 
-            self.trainer = ServedTrainer(
+            trainer = ServedTrainer(
                 backend,
                 pause=lambda: sched.pause_generation(PauseGenerationReqInput(mode="retract")),
                 resume=lambda: sched.continue_generation(ContinueGenerationReqInput()),
                 flush=flush,
                 perturb_mode=os.environ.get("SGLANG_MEZO_PERTURB", "layerwise"),
                 rank=int(os.environ["SGLANG_MEZO_RANK"]) if os.environ.get("SGLANG_MEZO_RANK") else None,
-                policy=Policy.from_env())  # set by `sglang-mezo serve`: requests come over HTTP
+                policy=Policy.from_env(),  # set by `sglang-mezo serve`: requests come over HTTP
+                base_sha256=os.environ.get(BASE_SHA256_ENV),
+                dp_rank=get_parallel().dp_rank or 0)  # --dp-size N: rank 0 writes the journal
+            if os.environ.get(RUN_DIR_ENV):
+                trainer.open_journal(os.environ[RUN_DIR_ENV])
+            self.trainer = trainer
         return self.trainer
 
 

@@ -53,8 +53,8 @@ def _num(d: dict, key: str, default=None, *, lo, hi, integer=False):
     return v
 
 
-def _flag(d: dict, key: str) -> bool:
-    v = d.get(key, False)
+def _flag(d: dict, key: str, default: bool = False) -> bool:
+    v = d.get(key, default)
     if not isinstance(v, bool):
         raise RequestError(f"field {key!r} must be true or false, got {_short(v)}")
     return v
@@ -115,13 +115,14 @@ def parse_rollback(d) -> int:
 class SaveArgs:
     path: str
     overwrite: bool = False
+    model: bool = True      # False: the trajectory only (seeds and scalars, a few KB; `replay` rebuilds)
 
 
 def parse_save(d) -> SaveArgs:
-    d = _obj(d, {"path", "overwrite"})
+    d = _obj(d, {"path", "overwrite", "model"})
     if not isinstance(d.get("path"), str) or not d["path"]:
         raise RequestError("'path' (the folder to write) is required")
-    return SaveArgs(d["path"], _flag(d, "overwrite"))
+    return SaveArgs(d["path"], _flag(d, "overwrite"), _flag(d, "model", True))
 
 
 def parse_status(d) -> bool:

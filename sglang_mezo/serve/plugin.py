@@ -15,6 +15,7 @@ import logging
 METHOD = "mezo"
 TARGET = "sglang.srt.managers.scheduler.Scheduler.handle_rpc_request"
 MODELS_TARGET = "sglang.srt.managers.scheduler.Scheduler.__init__"
+PREFILL_TARGET = "sglang.srt.managers.scheduler.Scheduler.get_new_batch_prefill"
 log = logging.getLogger("sglang_mezo.serve")
 
 
@@ -25,6 +26,11 @@ def register() -> None:
 
     apply_all()  # patches/*.diff, in memory, in every SGLang process (multi-LoRA on CPU needs 0001)
     HookRegistry.register(TARGET, SchedulerSide().handle_rpc_request, HookType.AROUND)
+    # training in spare capacity (load.py): low-rank training requests wait while users are served,
+    # and the scheduler's user load is observed for the idle schedule and /mezo/status
+    from .load import PROBE
+
+    HookRegistry.register(PREFILL_TARGET, PROBE.around_prefill, HookType.AROUND)
     # our model classes (the mean-pooled BERT classifier), added to SGLang's registry where a model is
     # built: just before a Scheduler starts. Not here: the registry imports every SGLang model (seconds),
     # which the HTTP and detokenizer processes never need.
@@ -76,6 +82,7 @@ class SchedulerSide:
 
             from ..backends import attach_backend
             from ..backends.sglang_runner import check_version
+            from .load import PROBE
             from .ops import ServedTrainer
             from .policy import Policy
 
@@ -88,6 +95,7 @@ class SchedulerSide:
                 if not sched.flush_cache(empty_cache=False):
                     raise RuntimeError("could not flush SGLang's cache while paused")
 
+            PROBE.attach(sched)
             self.trainer = ServedTrainer(
                 backend,
                 pause=lambda: sched.pause_generation(PauseGenerationReqInput(mode="retract")),
@@ -95,7 +103,8 @@ class SchedulerSide:
                 flush=flush,
                 perturb_mode=os.environ.get("SGLANG_MEZO_PERTURB", "layerwise"),
                 rank=int(os.environ["SGLANG_MEZO_RANK"]) if os.environ.get("SGLANG_MEZO_RANK") else None,
-                policy=Policy.from_env())  # set by `sglang-mezo serve`: requests come over HTTP
+                policy=Policy.from_env(),  # set by `sglang-mezo serve`: requests come over HTTP
+                probe=PROBE)
         return self.trainer
 
 

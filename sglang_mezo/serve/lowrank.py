@@ -124,7 +124,7 @@ async def step(call, args: dict, tokenizer_manager, objective, rank: int, tp_siz
     if code != 200:
         return code, res
     return 200, {"step": rec.step, "loss_plus": lp, "loss_minus": lm, "projected_grad": grads, "seeds": seeds,
-                 "adapters": len(loaded), "load_s": t_load - t0, "forward_s": t_fwd - t_load,
+                 "adapters": len(loaded), "requests": len(names) * k, "load_s": t_load - t0, "forward_s": t_fwd - t_load,
                  "update_s": res["update_s"], "time_s": time.perf_counter() - t0,
                  # per piece: [requests, user requests admitted so far, user requests present at admission]
                  "pieces": pieces, **({"load_at_start": plan["load_at_start"]} if "load_at_start" in plan else {})}

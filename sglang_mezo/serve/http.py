@@ -180,7 +180,10 @@ def _add_routes(app, svc: Service) -> None:
                         svc.progress["error"] = res.get("error", res)
                         break
                     i += 1
-                    svc.progress.update(done=i, last=res, **meter.fields(i, load))
+                    # the scheduler's view as the step began (idle schedule); /mezo/status's "last" is
+                    # the scheduler's own record once the run has ended
+                    svc.progress.update(done=i, last=res, load_at_start=res.get("load_at_start"),
+                                        **meter.fields(i, load))
                     for k in ("update_s", "forward_s"):  # low-rank steps: the pause, and the ±ε batch
                         if k in res:
                             svc.progress[f"max_{k}"] = max(svc.progress.get(f"max_{k}", 0.0), res[k])

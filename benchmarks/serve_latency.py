@@ -135,7 +135,11 @@ def run_cell(model, mode, cond, args):
         return out
     finally:
         os.killpg(proc.pid, signal.SIGTERM)
-        proc.wait(60)
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:  # a full-rank step holds the scheduler: it ends the hard way
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(30)
 
 
 def table(rows):
@@ -144,7 +148,9 @@ def table(rows):
              "| TTFT p99 ÷ idle | steps/min | engine on training | user queue wait p99 ms |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
-        b = base[(r["perturb"], r["load"])]
+        b = base.get((r["perturb"], r["load"]))
+        if b is None:
+            continue
         st = r["status"] if r["training"] != "none" else {}
         qw = (st.get("user_queue_wait_ms") or {}).get("p99")
         frac = st.get("train_engine_fraction")
@@ -178,13 +184,22 @@ def main():
         from sglang_mezo.models import embedded_default_model
         args.model = embedded_default_model()
     load_before = os.getloadavg()
-    rows = []
-    for mode in args.perturbs.split(","):
-        for cond in args.conditions.split(","):
-            rows += run_cell(args.model, mode, cond, args)
-    info = {**machine_info(), "loadavg_before": list(load_before), "loadavg_after": list(os.getloadavg())}
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
+    old = json.loads(out.with_suffix(".json").read_text()) if out.with_suffix(".json").exists() else {}
+    key = lambda r: (r["perturb"], r["training"], r["load"])  # noqa: E731 - a cell measured now replaces its old row
+    rows = [r for r in old.get("rows", []) if "training" in r]
+    for mode in args.perturbs.split(","):
+        for cond in args.conditions.split(","):
+            new = run_cell(args.model, mode, cond, args)
+            for r in new:
+                r.update(commit=machine_info()["git_commit"], loadavg_1=os.getloadavg()[0], requests=args.requests)
+            rows = [r for r in rows if key(r) not in {key(n) for n in new}] + new
+            out.with_suffix(".json").write_text(json.dumps({"args": vars(args), "rows": rows}, indent=1))
+    info = {**machine_info(), "loadavg_before": list(load_before), "loadavg_after": list(os.getloadavg())}
+    order = {m: i for i, m in enumerate(("layerwise", "lowrank", "none", "continuous", "idle", "sequential",
+                                          "concurrent", "paced"))}
+    rows.sort(key=lambda r: [order.get(k, 9) for k in key(r)])
     out.with_suffix(".json").write_text(json.dumps({"args": vars(args), "machine": info, "rows": rows}, indent=1))
     md = (f"# serve_latency: chat completions (OpenAI client) while training\n\ncommit {info['git_commit'][:7]}"
           f"{' (dirty)' if info['git_dirty'] else ''}, {info['date']}, {info['usable_cores']} cores, load average "

@@ -63,3 +63,34 @@ def post_ok(url, path, body, expect=200):
     r = requests.post(url + path, json=body, timeout=300)
     assert r.status_code == expect, (path, r.status_code, r.text)
     return r.json()
+
+
+def matches_one_rank(backend, trajectory, examples: list[dict], objectives_used, saved: dict) -> None:
+    """The single-rank reference for a multi-rank server (TP, DP): this process's in-process runner,
+    at the recorded steps' seeds, gives the same losses (1e-5 relative: all-reduce order), and replaying
+    the steps gives the saved weights bit for bit. The runner goes back to the base weights after."""
+    import pytest
+    import torch
+
+    from sglang_mezo import perturb, tasks
+    from sglang_mezo.mezo import replay_step
+    from sglang_mezo.objectives import label_words as objectives
+    from sglang_mezo.trajectory import read
+
+    _, records = read(trajectory)
+    b = backend
+    exs = [tasks.Example(e["prompt"], e["candidates"], e["label"]) for e in examples]
+    enc = objectives.encode(exs, b.tokenizer, True)
+    weights = perturb.make("layerwise", b.pieces, b)
+    redo = perturb.make("layerwise", b.pieces, b, replay=True)
+    try:
+        for rec, obj in zip(records, objectives_used):
+            f = objectives.get_objective(obj)
+            lp, lm = weights.losses(rec.seeds[0], [rec.eps, -rec.eps], lambda: f(objectives.run_batch(b, exs, enc)))
+            assert lp == pytest.approx(rec.loss_plus[0], rel=1e-5)
+            assert lm == pytest.approx(rec.loss_minus[0], rel=1e-5)
+            replay_step(redo, rec)
+        one = b.hf_state_dict()
+        assert all(torch.equal(saved[k], one[k]) for k in saved)
+    finally:
+        b.load_base()  # the session's runner goes back to the base weights for other tests

@@ -9,7 +9,7 @@ import torch
 from safetensors.torch import load_file
 
 from conftest import ROOT, cli
-from serve_helpers import free_port, post_ok, running_server
+from serve_helpers import free_port, matches_one_rank, post_ok, running_server
 
 EX = [{"prompt": "the movie was good It was", "candidates": [" terrible", " great"], "label": 1},
       {"prompt": "boring plot and bad acting It was", "candidates": [" terrible", " great"], "label": 0},
@@ -40,11 +40,6 @@ def _checksum(url):
 
 
 def test_dp2_steps_reach_every_rank_and_equal_dp1(dp2, tiny_model, sglang_backend, save_dir, tmp_path):
-    from sglang_mezo import perturb, tasks
-    from sglang_mezo.mezo import replay_step
-    from sglang_mezo.objectives import label_words as objectives
-    from sglang_mezo.trajectory import read
-
     sha0 = _checksum(dp2)  # every rank hashed, and the hashes compared: it answers only if they agree
     res = [post_ok(dp2, "/mezo/step", {**STEP, "objective": obj}) for obj in ("ce", "lm", "ce")]
     assert [r["step"] for r in res] == [1, 2, 3]
@@ -63,23 +58,7 @@ def test_dp2_steps_reach_every_rank_and_equal_dp1(dp2, tiny_model, sglang_backen
     assert all(torch.equal(saved[k], rep[k]) for k in saved)
 
     # --dp-size 1 (in-process runner): the same seeds give the same losses and the same weights
-    _, records = read(save_dir / "dp2/trajectory.jsonl")
-    b = sglang_backend
-    exs = [tasks.Example(e["prompt"], e["candidates"], e["label"]) for e in EX]
-    enc = objectives.encode(exs, b.tokenizer, True)
-    weights = perturb.make("layerwise", b.pieces, b)
-    redo = perturb.make("layerwise", b.pieces, b, replay=True)
-    try:
-        for rec, obj in zip(records, ("ce", "lm", "ce")):
-            f = objectives.get_objective(obj)
-            lp, lm = weights.losses(rec.seeds[0], [rec.eps, -rec.eps], lambda: f(objectives.run_batch(b, exs, enc)))
-            assert lp == pytest.approx(rec.loss_plus[0], rel=1e-5)
-            assert lm == pytest.approx(rec.loss_minus[0], rel=1e-5)
-            replay_step(redo, rec)
-        dp1 = b.hf_state_dict()
-        assert all(torch.equal(saved[k], dp1[k]) for k in saved)
-    finally:
-        b.load_base()  # the session's runner goes back to the base weights for other tests
+    matches_one_rank(sglang_backend, save_dir / "dp2/trajectory.jsonl", EX, ("ce", "lm", "ce"), saved)
 
     # rollback lands on every rank: the base weights back, bit for bit, everywhere
     assert post_ok(dp2, "/mezo/rollback", {"steps": 3}) == {"steps": 0, "rolled_back": 3}

@@ -6,7 +6,7 @@ import torch
 from safetensors.torch import load_file
 
 from conftest import cli
-from serve_helpers import running_server, post_ok
+from serve_helpers import matches_one_rank, post_ok, running_server
 
 EX = [{"prompt": "the movie was good It was", "candidates": [" terrible", " great"], "label": 1},
       {"prompt": "boring plot and bad acting It was", "candidates": [" terrible", " great"], "label": 0},
@@ -31,12 +31,6 @@ def tp2(tiny_model, save_dir, tmp_path_factory):
 
 
 def test_tp2_step_save_replay_match_tp1(tp2, tiny_model, sglang_backend, save_dir, tmp_path):
-    from sglang_mezo import tasks
-    from sglang_mezo import perturb
-    from sglang_mezo.objectives import label_words as objectives
-    from sglang_mezo.mezo import replay_step
-    from sglang_mezo.trajectory import read
-
     res = [post_ok(tp2, "/mezo/step", {**STEP, "objective": obj}) for obj in ("ce", "lm", "ce")]
     assert [r["step"] for r in res] == [1, 2, 3]
     assert post_ok(tp2, "/mezo/save", {"path": "tp2"}) == {"path": "tp2", "steps": 3}
@@ -53,24 +47,7 @@ def test_tp2_step_save_replay_match_tp1(tp2, tiny_model, sglang_backend, save_di
     assert all(torch.equal(saved[k], rep[k]) for k in saved)
 
     # TP = 1 (in-process runner): the same seeds give the same losses; replaying gives the same weights
-    _, records = read(save_dir / "tp2/trajectory.jsonl")
-    b = sglang_backend
-    exs = [tasks.Example(e["prompt"], e["candidates"], e["label"]) for e in EX]
-    enc = objectives.encode(exs, b.tokenizer, True)
-    weights = perturb.make("layerwise", b.pieces, b)
-    redo = perturb.make("layerwise", b.pieces, b, replay=True)
-    try:
-        for rec, obj in zip(records, ("ce", "lm", "ce")):
-            f = objectives.get_objective(obj)
-            lp, lm = weights.losses(rec.seeds[0], [rec.eps, -rec.eps],
-                                    lambda: f(objectives.run_batch(b, exs, enc)))
-            assert lp == pytest.approx(rec.loss_plus[0], rel=1e-5)
-            assert lm == pytest.approx(rec.loss_minus[0], rel=1e-5)
-            replay_step(redo, rec)
-        tp1 = b.hf_state_dict()
-        assert all(torch.equal(saved[k], tp1[k]) for k in saved)
-    finally:
-        b.load_base()  # the session's runner goes back to the base weights for other tests
+    matches_one_rank(sglang_backend, save_dir / "tp2/trajectory.jsonl", EX, ("ce", "lm", "ce"), saved)
 
 
 def test_tp2_bad_save_is_refused_on_every_rank_and_serving_continues(tp2):

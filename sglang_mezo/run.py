@@ -153,16 +153,16 @@ def train(cfg: Settings) -> dict:
     model_path = model()
     data = tasks.splits(spec, k_shot=cfg.k_shot, seed=cfg.seed, n_train=cfg.n_train, n_dev=cfg.n_dev,
                         n_test=cfg.n_test, data_dir=cfg.data_dir)
-    lora = {}
+    per_step, lora = len(points([0] * cfg.n_queries, cfg)), {}   # the points (adapters) of one step
     if cfg.perturb == "lowrank" and cfg.backend == "sglang":  # the LoRA pool: one step's adapters + the base
-        lora = {"lora": {"max_lora_rank": cfg.rank, "max_loras_per_batch": len(points([0] * cfg.n_queries, cfg)) + 1}}
+        lora = {"lora": {"max_lora_rank": cfg.rank, "max_loras_per_batch": per_step + 1}}
     backend = make_backend(cfg.backend, model_path, cfg.dtype, **lora)
     if cfg.chat_template:
         data = {k: tasks.apply_chat_template(v, backend.tokenizer) for k, v in data.items()}
     pieces = trainable_pieces(cfg, backend)
     weights = perturb.make(cfg.perturb, pieces, backend, rank=cfg.rank)
     if isinstance(weights, perturb.LowRank) and weights.adapters is not None:  # the pool holds a step's adapters?
-        weights.adapters.check(cfg.rank, len(points([0] * cfg.n_queries, cfg)))
+        weights.adapters.check(cfg.rank, per_step)
     family.prepare(backend, data)
     config = {**asdict(cfg), "model": model_path, "n_trainable": sum(p.view.numel() for p in pieces),
               "split_sizes": {k: len(v) for k, v in data.items()}, **family.files_extra(backend)}

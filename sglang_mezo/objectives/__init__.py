@@ -9,7 +9,6 @@ families read (`parse_examples`): the one place an example's fields decide its k
 """
 from __future__ import annotations
 
-from .. import rewards
 from ..tasks import Example, GenExample, is_generation
 from .base import Measure, ce, neg_accuracy
 from .class_logits import WHAT as ENCODER, ClassLogits
@@ -31,7 +30,7 @@ EXAMPLE_KINDS = {
 
 def builtin_objectives() -> list[str]:
     """Every objective name a request may give without the operator registering it."""
-    return sorted(set(LabelWords.OBJECTIVES) | set(ClassLogits.OBJECTIVES) | set(rewards.METRICS))
+    return sorted(set().union(*(f.OBJECTIVES for f in FAMILIES)))
 
 
 def family_for(cfg, *, encoder: bool, spec=None, kind: str | None = None, resolve=str, **kw):

@@ -145,6 +145,7 @@ REQUEST_DEFAULTS = {"metric": "f1", "max_new_tokens": 16, "stop": ()}
 class Generation:
     """The family of decoders on generation tasks (tasks/generation.py's GenerationSpec)."""
     name = "generation"
+    OBJECTIVES = tuple(objective_names())
 
     def __init__(self, cfg, spec=None, resolve=str, watch: bool | None = None):
         d = REQUEST_DEFAULTS if spec is None else {"metric": spec.metric, "max_new_tokens": spec.max_new_tokens,
@@ -162,10 +163,6 @@ class Generation:
         self.watch = cfg.watch if watch is None else watch
         self.gen = {"max_new_tokens": cfg.max_new_tokens if cfg.max_new_tokens is not None else d["max_new_tokens"],
                     "temperature": cfg.temperature, "top_p": cfg.top_p, "stop": list(d["stop"])}
-
-    @property
-    def OBJECTIVES(self) -> list[str]:
-        return objective_names()
 
     def batch(self, backend: Backend, examples: Sequence[GenExample]) -> GenBatch:
         return encode(examples, backend.tokenizer)

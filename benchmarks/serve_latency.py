@@ -1,14 +1,19 @@
-"""Request latency of a `sglang-mezo serve` server with and without MeZO training running (same run).
+"""What training while serving costs users, measured as a user would: the OpenAI Python client.
 
-    .venv/bin/python benchmarks/serve_latency.py [--model DIR] [--requests 200] [--batch-size 16]
-        [--perturbs layerwise,lowrank] [--rank 4] [--n-queries 1]
+    flock /tmp/sglang_mezo_cpu.lock .venv/bin/python benchmarks/serve_latency.py [--model DIR]
+        [--perturbs layerwise,lowrank] [--requests 24] [--batch-size 16] [--quiet 0.5]
 
-For each perturbation mode (a server of its own: full-rank `layerwise` pauses serving for whole steps,
-`lowrank` runs its ±ε forwards as adapter requests beside user traffic and pauses only for updates):
-starts the server on loopback, sends `--requests` sequential /generate requests (8 new tokens) with no
-training, then the same while /mezo/train runs, and prints p50/p90/p99/max and the ratios to idle.
-Writes benchmarks/results/serve_latency.json (one run per mode and interval). Default model: a tiny random Llama built here (fast on CPU);
-`--model` for the embedded SmolLM2 (`python -c 'from sglang_mezo.models import embedded_default_model as m; print(m())'`).
+For each perturbation mode (full-rank `layerwise`, `lowrank --mezo-rank 4`) and each training condition
+(`none`; `continuous`: /mezo/train with interval_s 0; `idle`: "schedule": "idle" with quiet_s --quiet), a
+fresh `sglang-mezo serve` (so no run leaks into the next) is driven at three user loads:
+  sequential   one client, requests back to back
+  concurrent   --clients clients, each back to back
+  paced        one client, one request every --pace seconds (idle gaps between requests)
+Each client alternates streamed and non-streamed chat completions (8 new tokens, temperature 0).
+Reported per cell: p50/p99/max of the request latency and p50/p99 of the time to first token (streamed),
+their ratios to the `none` cell of the same mode and load, and training steps per minute during the load
+(with the /mezo/status figures: engine time fraction on training, user queue wait). Writes
+benchmarks/results/serve_latency.{json,md} with the commit and the machine's load average.
 """
 import argparse
 import json
@@ -17,108 +22,193 @@ import signal
 import socket
 import subprocess
 import sys
-import tempfile
+import threading
 import time
 from pathlib import Path
 
 import requests
 
 ROOT = Path(__file__).resolve().parents[1]
+PROMPTS = ["Name a colour.", "Say hello.", "What is two plus two?", "Name a fruit.", "Give me a word."]
 
 
 def pct(xs, q):
     xs = sorted(xs)
-    return xs[min(len(xs) - 1, int(round(q / 100 * (len(xs) - 1))))]
+    return xs[min(len(xs) - 1, int(round(q / 100 * (len(xs) - 1))))] if xs else None
 
 
-def measure(url, n):
-    lat = []
-    for i in range(n):
-        t = time.perf_counter()
-        r = requests.post(url + "/generate", json={"text": f"the film number {i} was",
-                          "sampling_params": {"max_new_tokens": 8, "temperature": 0}}, timeout=300)
-        r.raise_for_status()
-        lat.append(time.perf_counter() - t)
-    return {"p50_ms": 1000 * pct(lat, 50), "p90_ms": 1000 * pct(lat, 90), "p99_ms": 1000 * pct(lat, 99),
-            "max_ms": 1000 * max(lat), "mean_ms": 1000 * sum(lat) / len(lat), "n": n}
+def chat(client, model, i, stream):
+    """(latency s, time to first token s or None) of one chat completion."""
+    t = time.perf_counter()
+    msgs = [{"role": "user", "content": f"{PROMPTS[i % len(PROMPTS)]} ({i})"}]
+    if not stream:
+        client.chat.completions.create(model=model, messages=msgs, max_tokens=8, temperature=0)
+        return time.perf_counter() - t, None
+    first = None
+    for chunk in client.chat.completions.create(model=model, messages=msgs, max_tokens=8, temperature=0,
+                                                stream=True):
+        if first is None and chunk.choices and chunk.choices[0].delta.content:
+            first = time.perf_counter() - t
+    return time.perf_counter() - t, first
 
 
-def main():
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--model", default=None)
-    ap.add_argument("--requests", type=int, default=200)
-    ap.add_argument("--batch-size", type=int, default=16)
-    ap.add_argument("--interval", type=float, default=0.0, help="/mezo/train interval_s between steps")
-    ap.add_argument("--perturbs", default="layerwise,lowrank", help="modes to measure, one server each")
-    ap.add_argument("--rank", type=int, default=4, help="lowrank: rank of each direction")
-    ap.add_argument("--n-queries", type=int, default=1, help="directions per step (lowrank: 2n adapters)")
-    ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "serve_latency.json"))
-    args = ap.parse_args()
-    sys.path.insert(0, str(ROOT))
-    from tests.tiny_models import make_tiny_llama
+def drive(url, model, load, args):
+    from openai import OpenAI
 
-    model = args.model or make_tiny_llama(tempfile.mkdtemp(prefix="tiny_llama_"))
-    results = [run_mode(model, mode, args) for mode in args.perturbs.split(",")]
-    from common import machine_info  # host, versions, git commit of this run
+    clients, per, pace = {"sequential": (1, args.requests, 0.0), "paced": (1, args.paced_requests, args.pace),
+                          "concurrent": (args.clients, args.requests // args.clients, 0.0)}[load]
+    lat, ttft = [], []
 
-    info = machine_info()
-    print(f"{'':22} {'p50 ms':>8} {'p90 ms':>8} {'p99 ms':>8} {'max ms':>8}")
-    for res in results:
-        for k in ("idle", "training"):
-            r = res[k]
-            print(f"{res['perturb'] + ' ' + k:22} {r['p50_ms']:8.1f} {r['p90_ms']:8.1f} {r['p99_ms']:8.1f} "
-                  f"{r['max_ms']:8.1f}")
-        print(f"  {res['perturb']}: {res['steps_during_measurement']} steps while measuring; p50 x"
-              f"{res['p50_ratio']:.2f}, p99 x{res['p99_ratio']:.2f}, max x{res['max_ratio']:.2f}")
-        res["machine"] = info
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    runs = json.loads(out.read_text()).get("runs", []) if out.exists() else []
-    key = lambda r: (r.get("perturb", "layerwise"), r["interval_s"])  # noqa: E731
-    new = {key(r) for r in results}
-    runs = [r for r in runs if key(r) not in new] + results
-    out.write_text(json.dumps({"runs": sorted(runs, key=key)}, indent=1))
+    def client_loop(c):
+        client = OpenAI(base_url=url + "/v1", api_key="none", timeout=600, max_retries=0)
+        for j in range(per):
+            t0 = time.perf_counter()
+            total, first = chat(client, model, 1000 * c + j, stream=j % 2 == 1)
+            lat.append(total)
+            if first is not None:
+                ttft.append(first)
+            if pace:
+                time.sleep(max(0.0, pace - (time.perf_counter() - t0)))
+
+    s0, t0 = status(url), time.perf_counter()
+    threads = [threading.Thread(target=client_loop, args=(c,)) for c in range(clients)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    wall, s1 = time.perf_counter() - t0, status(url)
+    steps = (s1.get("done") or 0) - (s0.get("done") or 0)
+    return {"load": load, "clients": clients, "n": len(lat), "p50_s": pct(lat, 50), "p99_s": pct(lat, 99),
+            "max_s": max(lat), "ttft_p50_s": pct(ttft, 50), "ttft_p99_s": pct(ttft, 99), "wall_s": wall,
+            "steps": steps, "steps_per_min": 60 * steps / wall,
+            "status": {k: s1.get(k) for k in ("train_engine_fraction", "user_queue_wait_ms", "max_update_s",
+                                              "max_forward_s", "steps_per_min", "error")}}
 
 
-def run_mode(model, mode, args) -> dict:
+def status(url):
+    return requests.get(url + "/mezo/status", timeout=600).json()
+
+
+def serve(model, mode, args):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    url = f"http://127.0.0.1:{port}"
     extra = ["--mezo-perturb", mode] + (["--mezo-rank", str(args.rank)] if mode == "lowrank" else [])
     proc = subprocess.Popen([sys.executable, "-m", "sglang_mezo", "serve", "--model-path", model, "--host",
                              "127.0.0.1", "--port", str(port), "--dtype", "float32", "--log-level", "error",
                              *extra], cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    for _ in range(600):
+        try:
+            if requests.get(url + "/health", timeout=2).ok:
+                return proc, url
+        except requests.ConnectionError:
+            pass
+        time.sleep(1)
+    os.killpg(proc.pid, signal.SIGTERM)
+    raise SystemExit(f"{mode}: server did not come up")
+
+
+def run_cell(model, mode, cond, args):
+    proc, url = serve(model, mode, args)
     try:
-        for _ in range(300):
-            try:
-                if requests.get(url + "/health", timeout=2).ok:
-                    break
-            except requests.ConnectionError:
-                time.sleep(1)
-        measure(url, 10)  # warm-up
-        idle = measure(url, args.requests)
-        r = requests.post(url + "/mezo/train", json={"task": "sst2", "steps": 100000, "lr": 1e-6, "eps": 1e-3,
-                                                      "batch_size": args.batch_size, "seed": 1,
-                                                      "n_queries": args.n_queries, "interval_s": args.interval},
-                          timeout=60)
-        r.raise_for_status()
-        time.sleep(2)
-        busy = measure(url, args.requests)
-        steps = requests.get(url + "/mezo/status", timeout=600).json()
-        if steps.get("error"):
-            raise SystemExit(f"{mode}: training failed: {steps['error']}")
-        return {"perturb": mode, "rank": args.rank if mode == "lowrank" else None, "n_queries": args.n_queries,
-                "model": model, "interval_s": args.interval, "batch_size": args.batch_size, "idle": idle,
-                "training": busy, "steps_during_measurement": steps.get("done"),
-                "max_update_s": steps.get("max_update_s"), "max_forward_s": steps.get("max_forward_s"),
-                "p50_ratio": busy["p50_ms"] / idle["p50_ms"], "p99_ratio": busy["p99_ms"] / idle["p99_ms"],
-                "max_ratio": busy["max_ms"] / idle["max_ms"],
-                "threads": os.environ.get("OMP_NUM_THREADS", "1 (serve default on CPU)"),
-                "date": time.strftime("%Y-%m-%d %H:%M")}
+        from openai import OpenAI
+
+        warm = OpenAI(base_url=url + "/v1", api_key="none", timeout=600, max_retries=0)
+        for i in range(3):
+            chat(warm, model, i, stream=i % 2 == 1)
+        if cond != "none":
+            body = {"task": "sst2", "steps": 1_000_000, "lr": 1e-6, "eps": 1e-3, "batch_size": args.batch_size,
+                    "seed": 1, "n_queries": 1, "interval_s": 0}
+            if cond == "idle":
+                body.update(schedule="idle", quiet_s=args.quiet)
+            requests.post(url + "/mezo/train", json=body, timeout=60).raise_for_status()
+            time.sleep(2)
+        out = []
+        for load in args.loads.split(","):
+            r = drive(url, model, load, args)
+            r.update(perturb=mode, training=cond)
+            out.append(r)
+            print(f"{mode:9} {cond:10} {load:10} p50 {r['p50_s']:.3f} p99 {r['p99_s']:.3f} max {r['max_s']:.3f} "
+                  f"ttft p50 {r['ttft_p50_s']:.3f} steps/min {r['steps_per_min']:.1f}", flush=True)
+        return out
     finally:
         os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:  # a full-rank step holds the scheduler: it ends the hard way
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(30)
+
+
+def table(rows):
+    base = {(r["perturb"], r["load"]): r for r in rows if r["training"] == "none"}
+    lines = ["| mode | training | load | p50 s | p99 s | max s | TTFT p50 s | p99 ÷ idle p99 | max ÷ idle max "
+             "| TTFT p99 ÷ idle | steps/min | engine on training | user queue wait p99 ms |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        b = base.get((r["perturb"], r["load"]))
+        if b is None:
+            continue
+        st = r["status"] if r["training"] != "none" else {}
+        qw = (st.get("user_queue_wait_ms") or {}).get("p99")
+        frac = st.get("train_engine_fraction")
+        lines.append(f"| {r['perturb']} | {r['training']} | {r['load']} | {r['p50_s']:.2f} | {r['p99_s']:.2f} | "
+                     f"{r['max_s']:.2f} | {r['ttft_p50_s']:.2f} | ×{r['p99_s'] / b['p99_s']:.2f} | "
+                     f"×{r['max_s'] / b['max_s']:.2f} | ×{r['ttft_p99_s'] / b['ttft_p99_s']:.2f} | "
+                     f"{r['steps_per_min']:.1f} | {'' if frac is None else f'{frac:.0%}'} | "
+                     f"{'' if qw is None else f'{qw:.0f}'} |")
+    return "\n".join(lines)
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--model", default=None, help="default: the embedded SmolLM2-135M-Instruct")
+    ap.add_argument("--perturbs", default="layerwise,lowrank")
+    ap.add_argument("--conditions", default="none,continuous,idle")
+    ap.add_argument("--loads", default="sequential,concurrent,paced")
+    ap.add_argument("--requests", type=int, default=24, help="per load (concurrent: split over the clients)")
+    ap.add_argument("--paced-requests", type=int, default=10)
+    ap.add_argument("--clients", type=int, default=3)
+    ap.add_argument("--pace", type=float, default=2.0, help="paced load: seconds between request starts")
+    ap.add_argument("--quiet", type=float, default=0.5, help="idle schedule: quiet_s")
+    ap.add_argument("--batch-size", type=int, default=16)
+    ap.add_argument("--rank", type=int, default=4)
+    ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "serve_latency"))
+    args = ap.parse_args()
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from common import machine_info  # host, versions, git commit, load average
+
+    if args.model is None:
+        from sglang_mezo.models import embedded_default_model
+        args.model = embedded_default_model()
+    load_before = os.getloadavg()
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    old = json.loads(out.with_suffix(".json").read_text()) if out.with_suffix(".json").exists() else {}
+    key = lambda r: (r["perturb"], r["training"], r["load"])  # noqa: E731 - a cell measured now replaces its old row
+    rows = [r for r in old.get("rows", []) if "training" in r]
+    for mode in args.perturbs.split(","):
+        for cond in args.conditions.split(","):
+            new = run_cell(args.model, mode, cond, args)
+            for r in new:
+                r.update(commit=machine_info()["git_commit"], loadavg_1=os.getloadavg()[0], requests=args.requests)
+            rows = [r for r in rows if key(r) not in {key(n) for n in new}] + new
+            out.with_suffix(".json").write_text(json.dumps({"args": vars(args), "rows": rows}, indent=1))
+    info = {**machine_info(), "loadavg_before": list(load_before), "loadavg_after": list(os.getloadavg())}
+    order = {m: i for i, m in enumerate(("layerwise", "lowrank", "none", "continuous", "idle", "sequential",
+                                          "concurrent", "paced"))}
+    rows.sort(key=lambda r: [order.get(k, 9) for k in key(r)])
+    out.with_suffix(".json").write_text(json.dumps({"args": vars(args), "machine": info, "rows": rows}, indent=1))
+    md = (f"# serve_latency: chat completions (OpenAI client) while training\n\ncommit {info['git_commit'][:7]}"
+          f"{' (dirty)' if info['git_dirty'] else ''}, {info['date']}, {info['usable_cores']} cores, load average "
+          f"before {load_before[0]:.2f} after {info['loadavg_after'][0]:.2f}; model {Path(args.model).name} fp32; "
+          f"{args.requests} requests per load ({args.clients} concurrent clients; paced: one every {args.pace:g} s, "
+          f"{args.paced_requests}); training batch {args.batch_size}, low-rank rank {args.rank}, idle quiet_s "
+          f"{args.quiet:g}\n\n" + table(rows) + "\n")
+    out.with_suffix(".md").write_text(md)
+    print(md)
 
 
 if __name__ == "__main__":

@@ -135,6 +135,11 @@ def test_train_while_serving_exact_probe_rollback_and_replay(server, chat_model,
     ("/mezo/train", {"task": "sst2", "lr": 1e-3, "steps": -1}, 400, "between 1 and"),
     ("/mezo/train", {"task": "sst2", "lr": 1e-3, "steps": 2, "interval_s": -1}, 400, "between 0 and"),
     ("/mezo/step", {"task": "sst2", "lr": 1e-3, "steps": 3}, 400, "belong to /mezo/train"),
+    ("/mezo/train", {"task": "sst2", "lr": 1e-3, "steps": 2, "schedule": "sometimes"}, 400, "'schedule'"),
+    ("/mezo/train", {"task": "sst2", "lr": 1e-3, "steps": 2, "schedule": "idle", "quiet_s": -1}, 400,
+     "'quiet_s' must be between 0"),
+    ("/mezo/train", {"task": "sst2", "lr": 1e-3, "steps": 2, "quiet_s": 2}, 400, "'quiet_s' applies to"),
+    ("/mezo/step", {"task": "sst2", "lr": 1e-3, "schedule": "idle"}, 400, "belong to /mezo/train"),
     ("/mezo/rollback", {"steps": "all"}, 400, "integer"),
     ("/mezo/rollback", {"steps": 10_000}, 409, "only"),
     ("/mezo/save", {}, 400, "'path'"),
@@ -161,6 +166,40 @@ def test_step_while_training_is_refused(server):
     post_ok(server, "/mezo/rollback", {"steps": 6})
     r = requests.post(server + "/mezo/step", data="{not json", headers={"content-type": "application/json"})
     assert r.status_code == 400 and "not valid JSON" in r.json()["error"]
+
+
+def test_idle_schedule_starts_no_step_while_users_are_served(server):
+    """Under "schedule": "idle", while user requests follow each other (gaps far below quiet_s) no step
+    starts; once they stop, the steps run, and each began with no user request waiting or running."""
+    before = requests.get(server + "/mezo/status", timeout=60).json()["steps"]
+    stop, served = threading.Event(), []
+
+    def users():
+        while not stop.is_set():
+            served.append(post_ok(server, "/generate", PROBE)["output_ids"])
+
+    t = threading.Thread(target=users)
+    t.start()
+    try:
+        while len(served) < 3:  # users are being served
+            time.sleep(0.05)
+        post_ok(server, "/mezo/train", {**STEP, "steps": 2, "schedule": "idle", "quiet_s": 1.0}, 202)
+        n = len(served)
+        while len(served) < n + 15:  # a good many user requests later...
+            time.sleep(0.05)
+        s = requests.get(server + "/mezo/status", timeout=60).json()
+        assert s["running"] and s["done"] == 0 and s["error"] is None, s  # ...not one step has started
+    finally:
+        stop.set()
+        t.join()
+    while (s := requests.get(server + "/mezo/status", timeout=60).json())["running"]:
+        time.sleep(0.2)
+    assert s["error"] is None and s["done"] == 2 and s["steps"] == before + 2, s
+    start = s["load_at_start"]
+    assert start["user_waiting"] == 0 and start["user_running"] == 0 and start["quiet_s"] >= 1.0, start
+    assert s["steps_per_min"] > 0 and 0 < s["train_engine_fraction"] <= 1, s
+    assert s["user_requests"] >= 1 and s["user_queue_wait_ms"]["n"] >= 1, s
+    post_ok(server, "/mezo/rollback", {"steps": 2})
 
 
 def test_chat_template_wraps_prompts(server, chat_model):

@@ -12,6 +12,7 @@ from sglang_mezo import perturb
 from sglang_mezo.tasks import Example
 
 RANK = 2
+PIECE_TOKENS = 8   # about one of EXAMPLES' requests per piece: a step is many pieces
 EXAMPLES = [{"prompt": p + " It was", "candidates": [" terrible", " great"], "label": l}
             for p, l in (("good fun movie", 1), ("awful boring plot", 0), ("very wonderful story", 1),
                          ("bad acting", 0))]
@@ -27,7 +28,8 @@ def save_dir(tmp_path_factory):
 @pytest.fixture(scope="module")
 def server(tiny_model, save_dir, tmp_path_factory):
     with running_server(tiny_model, tmp_path_factory.mktemp("serve") / "server.log", "--mezo-save-dir",
-                        str(save_dir), "--mezo-perturb", "lowrank", "--mezo-rank", str(RANK)) as url:
+                        str(save_dir), "--mezo-perturb", "lowrank", "--mezo-rank", str(RANK),
+                        "--mezo-piece-tokens", str(PIECE_TOKENS)) as url:
         yield url
 
 
@@ -38,7 +40,10 @@ def _probe_logprobs(out):
 def test_served_lowrank_steps_equal_offline_merged_steps(server, tiny_model):
     """Three served steps (ce, ce again on the same prompts, then lm: next-token and span log-probs)
     equal the same steps on transformers with the directions merged (hf backend). The repeated prompts
-    would expose any KV reused from the previous step's adapters or weights."""
+    would expose any KV reused from the previous step's adapters or weights. The fourth runs while user
+    requests follow each other: its requests are admitted piece by piece, never while a user request
+    waits or runs, users that arrive mid-step are served before its remaining pieces, and its losses are
+    still those of the offline step."""
     from sglang_mezo.objectives import label_words as objectives
     from sglang_mezo.backends import make_backend
     from sglang_mezo.mezo import estimate, points
@@ -47,9 +52,15 @@ def test_served_lowrank_steps_equal_offline_merged_steps(server, tiny_model):
     hf = make_backend("hf", tiny_model)
     w = perturb.make("lowrank", hf.pieces, hf, rank=RANK)
     exs = [Example(**e) for e in EXAMPLES]
-    for i, (obj, est, n) in enumerate((("ce", "two_point", 2), ("ce", "fzoo", 3), ("lm", "two_point", 1))):
-        res = post_ok(server, "/mezo/step", {"examples": EXAMPLES, "lr": 5e-2, "eps": 1e-2, "n_queries": n,
-                                           "estimator": est, "objective": obj, "seed": 11 + i})
+    for i, (obj, est, n, users) in enumerate((("ce", "two_point", 2, False), ("ce", "fzoo", 3, False),
+                                              ("lm", "two_point", 1, False), ("ce", "two_point", 2, True))):
+        body = {"examples": EXAMPLES, "lr": 5e-2, "eps": 1e-2, "n_queries": n, "estimator": est,
+                "objective": obj, "seed": 11 + i}
+        res = _step_beside_users(server, body) if users else post_ok(server, "/mezo/step", body)
+        assert sum(p[0] for p in res["pieces"]) == res["requests"], res["pieces"]  # every one admitted
+        assert all(p[2] == 0 for p in res["pieces"]), res["pieces"]  # no user waiting/running at admission
+        if users:  # users were admitted between the step's pieces: before its remaining requests
+            assert len(res["pieces"]) >= 4 and res["pieces"][-1][1] > res["pieces"][0][1], res["pieces"]
         assert res["step"] == i + 1 and res["adapters"] == (2 * n if est == "two_point" else n)
         enc = objectives.encode(exs, hf.tokenizer)
         fn = objectives.get_objective(obj)
@@ -61,6 +72,27 @@ def test_served_lowrank_steps_equal_offline_merged_steps(server, tiny_model):
             assert abs(a - b) <= 1e-4, (i, offline, served)
         replay_step(w, StepRecord(i + 1, res["seeds"], res["projected_grad"], 5e-2, 1e-2, 0.0, est,
                                   res["loss_plus"], res["loss_minus"]))
+
+
+def _step_beside_users(server, body):
+    """/mezo/step while a client sends user requests back to back (a thread), from before until after."""
+    import threading
+
+    stop, served = threading.Event(), []
+
+    def users():
+        while not stop.is_set():
+            served.append(post_ok(server, "/generate", {**PROBE, "sampling_params": {"max_new_tokens": 4}}))
+
+    t = threading.Thread(target=users)
+    t.start()
+    try:
+        while len(served) < 2:
+            time.sleep(0.02)
+        return post_ok(server, "/mezo/step", body)
+    finally:
+        stop.set()
+        t.join()
 
 
 def test_users_never_see_perturbed_weights_and_wait_at_most_one_update(server, tiny_model, save_dir):
@@ -141,3 +173,41 @@ def test_serve_lowrank_flags_are_refused_with_the_train_flags_messages():
         with pytest.raises(SettingError) as trained:
             Settings(perturb=mode, rank=int(rank) if rank and rank.isdigit() else rank)
         assert str(served.value).endswith(str(trained.value))
+
+
+@pytest.mark.parametrize("argv, match", [
+    (["--mezo-piece-tokens", "0"], "--mezo-piece-tokens 0: must be at least 1"),
+    (["--chunked-prefill-size", "0"], "--chunked-prefill-size 0: must be at least 1"),
+    (["--schedule-policy", "lpm"], "--schedule-policy lpm contradicts priority scheduling"),
+    (["--mezo-perturb", "layerwise", "--mezo-piece-tokens", "8"], "--mezo-piece-tokens applies to"),
+])
+def test_bad_piece_chunk_and_priority_flags_stop_serve_by_name(argv, match):
+    from sglang_mezo.serve import http as server
+
+    argv = ["--mezo-perturb", "lowrank", "--mezo-rank", "2"] + argv if "--mezo-perturb" not in argv else argv
+    ns, rest = server._mezo_flags(argv)
+    with pytest.raises(SystemExit) as e:
+        server._lowrank_flags(ns, rest)
+    assert match in str(e.value), e.value
+
+
+def test_sizes_beyond_the_context_and_users_at_training_priority_are_refused():
+    from types import SimpleNamespace
+
+    from sglang_mezo.serve import http as server
+    from sglang_mezo.serve.schedule import LOWEST, priority_flags
+
+    assert priority_flags([]) == ["--enable-priority-scheduling", "--default-priority-value", "0"]
+    assert priority_flags(["--enable-priority-scheduling", "--default-priority-value=5"]) == []
+    args = dict(context_length=128, model_path="", chunked_prefill_size=-1, enable_priority_scheduling=True,
+                default_priority_value=0, schedule_low_priority_values_first=False)
+    ns = SimpleNamespace(mezo_perturb="lowrank", mezo_piece_tokens=64)
+    server._check_sizes(ns, SimpleNamespace(**args))  # fine
+    for change, flag in (({"chunked_prefill_size": 129}, "--chunked-prefill-size 129: beyond the model's "
+                          "context of 128"), ({"default_priority_value": LOWEST}, "--default-priority-value")):
+        with pytest.raises(SystemExit) as e:
+            server._check_sizes(ns, SimpleNamespace(**{**args, **change}))
+        assert flag in str(e.value), e.value
+    with pytest.raises(SystemExit) as e:
+        server._check_sizes(SimpleNamespace(mezo_perturb="lowrank", mezo_piece_tokens=200), SimpleNamespace(**args))
+    assert "--mezo-piece-tokens 200: beyond" in str(e.value)

@@ -81,6 +81,24 @@ def test_seam_used_by_the_plugin_and_the_server():
         "server_args", "port_args"]
 
 
+def test_scheduler_internals_read_by_the_load_probe():
+    """serve/load.py: its hook wraps get_new_batch_prefill(running_batch) → NextBatchPlan, holds training
+    requests out of `waiting_queue` for one call, and reads `running_batch.reqs`, `chunked_req`, each Req's
+    rid / origin_input_ids / finished() and time_stats' wait_queue_entry_time / forward_entry_time."""
+    from sglang.srt.managers import scheduler
+    from sglang.srt.managers.schedule_batch import NextBatchPlan, Req
+    from sglang.srt.observability.req_time_stats import SchedulerReqTimeStats
+
+    assert list(inspect.signature(scheduler.Scheduler.get_new_batch_prefill).parameters) == ["self", "running_batch"]
+    assert "self.get_new_batch_prefill(running_batch)" in inspect.getsource(scheduler.Scheduler.get_next_batch_to_run)
+    assert {"batch_to_run", "running_batch"} <= set(NextBatchPlan.__struct_fields__)
+    init = inspect.getsource(scheduler.Scheduler)
+    for name in ("self.waiting_queue", "self.running_batch", "self.chunked_req"):
+        assert name in init, name
+    assert callable(Req.finished) and "self.origin_input_ids" in inspect.getsource(Req.__init__)
+    assert {"wait_queue_entry_time", "forward_entry_time"} <= set(SchedulerReqTimeStats.__dataclass_fields__)
+
+
 def test_encoder_internals_used_by_the_mean_pooled_classifier():
     """mean_pool_sglang.py: SGLang's BertForSequenceClassification builds `bert` (returning token states
     when use_bert_pooler) and a CrossEncodingPooler(config, classifier, pooler) that calls

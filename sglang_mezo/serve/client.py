@@ -3,6 +3,7 @@
     c = MezoClient("http://127.0.0.1:30000")
     c.step(task="sst2", lr=1e-5, eps=1e-3, batch_size=16)     # → L+, L−, projected gradient
     c.train(steps=100, task="sst2", lr=1e-5); c.wait()
+    c.train(steps=100, task="sst2", schedule="idle", quiet_s=2.0)   # only while users leave it idle
     c.rollback(steps=10); c.save("ckpt")     # a folder under the server's --mezo-save-dir
 
     engine = sglang.Engine(model_path=...)   # on CPU: sglang_mezo.cpu_shims.install() first
@@ -55,8 +56,10 @@ class MezoClient:
     def step(self, **body) -> dict:
         return self._post("/mezo/step", body)
 
-    def train(self, steps: int, **body) -> dict:
-        return self._post("/mezo/train", {"steps": steps, **body})
+    def train(self, steps: int, *, schedule: str = "interval", **body) -> dict:
+        """`schedule`: "interval" (a step every `interval_s`) or "idle" (a step only after `quiet_s`
+        seconds without a waiting or running user request); the server's /mezo/train fields."""
+        return self._post("/mezo/train", {"steps": steps, "schedule": schedule, **body})
 
     def rollback(self, steps: int = 1) -> dict:
         return self._post("/mezo/rollback", {"steps": steps})
@@ -135,10 +138,16 @@ class EngineTrainer:
         return result
 
     def step(self, **body) -> dict:
+        return self._step(body, None)
+
+    def _step(self, body: dict, quiet_s: float | None) -> dict:
+        """A step; with `quiet_s` (idle schedule) possibly {"busy": load} instead."""
         import os
 
         if os.environ.get("SGLANG_MEZO_PERTURB") != "lowrank":
-            return self._call("step", body)
+            if quiet_s is None:
+                return self._call("step", body)
+            return self._call("if_idle", {"quiet_s": quiet_s, "op": "step", "args": body})
         from ..objectives.label_words import get_objective
         from . import lowrank
 
@@ -148,6 +157,8 @@ class EngineTrainer:
             except MezoError as e:
                 return e.status, e.body
 
+        from .schedule import training_priority
+
         sa = self.engine.server_args
         try:
             objective = get_objective(body.get("objective") or "ce")
@@ -155,13 +166,32 @@ class EngineTrainer:
             raise MezoError(400, {"error": str(e)}) from None
         status, result = self.engine.loop.run_until_complete(lowrank.step(
             call, body, self.engine.tokenizer_manager, objective, int(os.environ["SGLANG_MEZO_RANK"]),
-            sa.tp_size, sa.max_lora_rank, sa.max_loras_per_batch))
+            sa.tp_size, sa.max_lora_rank, sa.max_loras_per_batch, priority=training_priority(sa),
+            quiet_s=quiet_s))
         if status >= 300:
             raise MezoError(status, result)
         return result
 
-    def train(self, steps: int, **body) -> list[dict]:
-        return [self.step(**body) for _ in range(steps)]
+    def train(self, steps: int, *, schedule: str = "interval", **body) -> list[dict]:
+        """As /mezo/train, in this process: `schedule` "interval" (`interval_s` between steps) or "idle"
+        (a step only after `quiet_s` seconds without a waiting or running request)."""
+        from .protocol import RequestError, parse_train
+        from .schedule import retry_delay
+
+        try:
+            t = parse_train({"steps": steps, "schedule": schedule, **body})
+        except RequestError as e:
+            raise MezoError(e.status, {"error": str(e)}) from None
+        out: list[dict] = []
+        while len(out) < t.steps:
+            res = self._step(t.step, t.idle_quiet_s)
+            if "busy" in res:
+                time.sleep(retry_delay(res["busy"], t.quiet_s))
+                continue
+            out.append(res)
+            if len(out) < t.steps:
+                time.sleep(t.interval_s)
+        return out
 
     def rollback(self, steps: int = 1) -> dict:
         return self._call("rollback", {"steps": steps})

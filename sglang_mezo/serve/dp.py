@@ -41,9 +41,9 @@ class Schedulers:
         bad = await self.check()
         if bad:
             return bad
-        if op == "step":
-            code, res = await self.one(0, "step", args)
-            if code != 200:
+        if op in ("step", "if_idle"):   # if_idle: a step only if rank 0's users left it idle
+            code, res = await self.one(0, op, args)
+            if code != 200 or "record" not in res:   # refused, or the idle schedule said "busy"
                 return code, res
             return await self._everywhere("apply", {"record": res["record"]}, res, ranks=range(1, self.dp_size))
         if op in ALL:

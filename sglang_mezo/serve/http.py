@@ -17,7 +17,8 @@ import sys
 
 from .. import cpu_shims
 from ..settings import FIELDS, SettingError, Settings
-from . import plugin
+from . import plugin, schedule
+from .load import PIECE_TOKENS_DEFAULT, PIECE_TOKENS_ENV
 from .policy import ENV as POLICY_ENV
 from .policy import Policy, builtin_objectives
 from .protocol import PARSERS, RequestError, parse_step, parse_train
@@ -35,6 +36,7 @@ class Service:
         self.rpc_timeout = None                 # seconds a scheduler may take to answer (--mezo-rpc-timeout)
         self.tokenizer_manager = None           # SGLang's, for low-rank steps' adapter requests
         self.lowrank = None  # (rank, tp_size, max_lora_rank, max_loras_per_batch) with --mezo-perturb lowrank
+        self.train_priority = None  # low-rank steps' requests: the lowest priority (schedule.py)
         self.lock = asyncio.Lock()
         self.train_task = None
         self.progress = {"running": False, "done": 0, "total": 0, "last": None, "error": None}
@@ -92,15 +94,19 @@ class Service:
     async def call(self, op: str, args: dict) -> tuple[int, dict]:
         return await self.schedulers.call(op, args)
 
-    async def step(self, args: dict) -> tuple[int, dict]:
-        """A step: full-rank in the scheduler (serving paused for it), or low-rank beside user traffic."""
+    async def step(self, args: dict, quiet_s: float | None = None) -> tuple[int, dict]:
+        """A step: full-rank in the scheduler (serving paused for it), or low-rank beside user traffic.
+        With `quiet_s` (the idle schedule) only if users left the engine idle that long, else {"busy": load}."""
         if self.lowrank is None:
-            return await self.call("step", args)
+            if quiet_s is None:
+                return await self.call("step", args)
+            return await self.call("if_idle", {"quiet_s": quiet_s, "op": "step", "args": args})
         from ..objectives.label_words import get_objective
         from . import lowrank
 
         objective = get_objective(self.policy.objective(parse_step(args).settings.objective or "ce"))
-        return await lowrank.step(self.call, args, self.tokenizer_manager, objective, *self.lowrank)
+        return await lowrank.step(self.call, args, self.tokenizer_manager, objective, *self.lowrank,
+                                  priority=self.train_priority, quiet_s=quiet_s)
 
 
 def _stop_training_first(svc: Service, base):
@@ -225,21 +231,34 @@ def _add_routes(app, svc: Service) -> None:
         busy()
         svc.stop.clear()
         svc.progress = {"running": True, "done": 0, "total": t.steps, "last": None, "error": None,
-                        "stopped": False}
+                        "stopped": False, "schedule": t.schedule}
 
         async def run():
             try:
-                for i in range(t.steps):
+                async with svc.lock:  # the run's cost to users is measured from here (schedule.Meter)
+                    _, load = await svc.call("load", {"reset": True})
+                meter, i = schedule.Meter(load), 0
+                while i < t.steps:
                     if svc.stop.is_set():  # /mezo/stop or a signal: at a step boundary, journal complete
                         svc.progress["stopped"] = True
                         break
                     async with svc.lock:  # released between steps: other routes answer 409 meanwhile
-                        code, res = await svc.step(t.step)
+                        code, res = await svc.step(t.step, t.idle_quiet_s)
+                        if code == 200:
+                            _, load = await svc.call("load", {})
+                    if code == 200 and "busy" in res:  # idle schedule: users were served too recently
+                        svc.progress.update(meter.fields(i, res["busy"]))
+                        await asyncio.sleep(schedule.retry_delay(res["busy"], t.quiet_s))
+                        continue
                     if code != 200:
                         svc.progress["error"] = res.get("error", res)
                         break
+                    i += 1
                     svc.last_step = res["step"]
-                    svc.progress.update(done=i + 1, last=res)
+                    # the scheduler's view as the step began (idle schedule); /mezo/status's "last" is
+                    # the scheduler's own record once the run has ended
+                    svc.progress.update(done=i, last=res, load_at_start=res.get("load_at_start"),
+                                        **meter.fields(i, load))
                     for k in ("update_s", "forward_s"):  # low-rank steps: the pause, and the ±ε batch
                         if k in res:
                             svc.progress[f"max_{k}"] = max(svc.progress.get(f"max_{k}", 0.0), res[k])
@@ -300,6 +319,10 @@ def _mezo_flags(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
     p.add_argument("--mezo-run-dir", metavar="DIR",
                    help="write-ahead journal DIR/trajectory.jsonl: every step and rollback is on disk before "
                         "it is acknowledged; a restart with the same DIR replays it before serving")
+    p.add_argument("--mezo-piece-tokens", metavar="N", default=None,
+                   help=f"with --mezo-perturb lowrank: prompt tokens of a step's requests the scheduler admits "
+                        f"per batch, and only while no user request waits or runs (default "
+                        f"{PIECE_TOKENS_DEFAULT}): a user request that arrives waits for one such piece at most")
     # the train flags --perturb / --rank, defined once in settings.py; lowrank runs a step's ±ε forwards as
     # ordinary adapter requests beside user traffic, and serving pauses only for each in-place update
     for name in ("perturb", "rank"):
@@ -349,8 +372,20 @@ def _lowrank_flags(ns: argparse.Namespace, argv: list[str]) -> list[str]:
                          f"{e}") from None
     ns.mezo_rank = rank
     os.environ["SGLANG_MEZO_PERTURB"] = ns.mezo_perturb
-    if ns.mezo_perturb != "lowrank":
-        return argv
+    try:
+        chunk = schedule.flag_value(argv, "--chunked-prefill-size")
+        if chunk is not None and chunk != "-1":  # -1: SGLang's "off"; the context is checked at launch
+            schedule.check_size("--chunked-prefill-size", chunk, None)
+        if ns.mezo_perturb != "lowrank":
+            if ns.mezo_piece_tokens is not None:
+                raise ValueError("--mezo-piece-tokens applies to --mezo-perturb lowrank only")
+            return argv
+        ns.mezo_piece_tokens = schedule.check_size("--mezo-piece-tokens",
+                                                   ns.mezo_piece_tokens or PIECE_TOKENS_DEFAULT, None)
+        argv += schedule.priority_flags(argv)
+    except ValueError as e:
+        raise SystemExit(f"sglang-mezo serve: {e}") from None
+    os.environ[PIECE_TOKENS_ENV] = str(ns.mezo_piece_tokens)
     os.environ["SGLANG_MEZO_RANK"] = str(ns.mezo_rank)
     from ..backends.lora import LORA_TARGETS
 
@@ -364,8 +399,33 @@ def _lowrank_flags(ns: argparse.Namespace, argv: list[str]) -> list[str]:
     return argv
 
 
+def _context_len(server_args) -> int | None:
+    if server_args.context_length:
+        return server_args.context_length
+    try:
+        from transformers import AutoConfig
+
+        return getattr(AutoConfig.from_pretrained(server_args.model_path), "max_position_embeddings", None)
+    except (OSError, ValueError):  # SGLang reports an unreadable model itself
+        return None
+
+
+def _check_sizes(ns, server_args) -> None:
+    """Chunk and piece sizes within the model's context; priorities that let users go first."""
+    context = _context_len(server_args)
+    try:
+        if server_args.chunked_prefill_size not in (None, -1):
+            schedule.check_size("--chunked-prefill-size", server_args.chunked_prefill_size, context)
+        if ns.mezo_perturb == "lowrank":
+            schedule.check_size("--mezo-piece-tokens", ns.mezo_piece_tokens, context)
+            schedule.check_priority(server_args)
+    except ValueError as e:
+        raise SystemExit(f"sglang-mezo serve: {e}") from None
+
+
 def _lowrank_limits(ns, server_args):
     """(rank, tp_size, max_lora_rank, max_loras_per_batch), checked at launch; None when full-rank."""
+    _check_sizes(ns, server_args)
     if ns.mezo_perturb != "lowrank":
         return None
     if ns.mezo_rank > server_args.max_lora_rank:
@@ -377,7 +437,9 @@ def _lowrank_limits(ns, server_args):
     print(f"sglang-mezo serve: --mezo-perturb lowrank --mezo-rank {ns.mezo_rank}: steps train the "
           "q/k/v/o/gate/up/down projections; embeddings, norms and lm_head stay frozen (SGLang's LoRA "
           f"cannot adapt them); up to {server_args.max_loras_per_batch} adapters per step "
-          "(--max-loras-per-batch)", file=sys.stderr)
+          f"(--max-loras-per-batch); a step's requests run at the lowest priority, {ns.mezo_piece_tokens} "
+          "prompt tokens at a time, only while no user request waits or runs (--mezo-piece-tokens)",
+          file=sys.stderr)
     return ns.mezo_rank, server_args.tp_size, server_args.max_lora_rank, server_args.max_loras_per_batch
 
 
@@ -457,6 +519,7 @@ def main(argv: list[str] | None = None) -> int:
     svc = Service(policy, (server_args.api_key, server_args.admin_api_key))
     svc.rpc_timeout = ns.mezo_rpc_timeout
     svc.lowrank = _lowrank_limits(ns, server_args)
+    svc.train_priority = schedule.training_priority(server_args) if svc.lowrank else None
     os.environ[POLICY_ENV] = policy.to_env()  # the schedulers, spawned below, enforce the same policy
     if not server_args.admin_api_key:
         if server_args.api_key:

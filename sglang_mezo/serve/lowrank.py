@@ -3,9 +3,11 @@ requests, never a pause.
 
     plan    RPC lowrank_plan (scheduler, ops.py: batch, seeds, adapted matrices; no forward)
     load    2n fresh adapters (A = Vᵀ, B = ±ε·U/√r) through the tokenizer manager, as any LoRA load
-    score   ONE generate call: every example once per adapter (lora_path), return_logprob, one new token;
-            SGLang schedules these beside user traffic (radix KV is keyed by adapter id, and the ids are
-            fresh each step, so no perturbed request meets KV of other weights)
+    score   ONE generate call: every example once per adapter (lora_path), return_logprob, one new token,
+            at the lowest priority, rids `mezo-<step tag>-<i>`; the scheduler (load.py) admits them one
+            small piece at a time and only while no user request waits or runs, so users go first (radix
+            KV is keyed by adapter id, and the ids are fresh each step, so no perturbed request meets KV
+            of other weights). The losses are those of the one call however it was split.
     unload  the adapters
     update  RPC lowrank_apply: the step's record applied in place — the only pause, one update long
 The losses and projected gradients are computed here with the same `estimate` as mezo_step, so the
@@ -23,6 +25,7 @@ from ..mezo import StepRecord, estimate, points
 from ..objectives import label_words
 from ..perturb.lowrank import adapter_config, adapter_tensors
 from ..tasks import Example
+from .load import TRAIN_RID_PREFIX
 from .protocol import RequestError, parse_step
 
 
@@ -46,9 +49,10 @@ def _results(outs, reqs):
 
 
 async def step(call, args: dict, tokenizer_manager, objective, rank: int, tp_size: int, max_rank: int,
-               max_loras: int) -> tuple[int, dict]:
+               max_loras: int, *, priority: int | None = None, quiet_s: float | None = None) -> tuple[int, dict]:
     """One low-rank step; `call(op, args)` reaches the schedulers (async), `objective` is the resolved
-    callable."""
+    callable, `priority` the requests' (schedule.training_priority), `quiet_s` the idle schedule's guard
+    (then a result {"busy": load} means: not now, ask again)."""
     from sglang.srt.managers.io_struct import (GenerateReqInput, LoadLoRAAdapterFromTensorsReqInput,
                                                UnloadLoRAAdapterReqInput)
     from sglang.srt.utils import MultiprocessingSerializer
@@ -59,8 +63,11 @@ async def step(call, args: dict, tokenizer_manager, objective, rank: int, tp_siz
     except ValueError as e:
         raise RequestError(str(e)) from None
     t0 = time.perf_counter()
-    code, plan = await call("lowrank_plan", args)
-    if code != 200:
+    if quiet_s is None:
+        code, plan = await call("lowrank_plan", args)
+    else:
+        code, plan = await call("if_idle", {"quiet_s": quiet_s, "op": "lowrank_plan", "args": args})
+    if code != 200 or "busy" in plan:
         return code, plan
     mats = [_Matrix(n, s) for n, s in plan["matrices"]]
     rank, seeds, reqs = plan["rank"], plan["seeds"], plan["requests"]
@@ -82,7 +89,9 @@ async def step(call, args: dict, tokenizer_manager, objective, rank: int, tp_siz
             names.append(name)
         t_load = time.perf_counter()
         flat = [(q, n) for n in names for q in reqs]
+        tag = f"{TRAIN_RID_PREFIX}{uuid.uuid4().hex}"
         gen = GenerateReqInput(
+            rid=[f"{tag}-{i}" for i in range(len(flat))], priority=priority,
             input_ids=[q[0] for q, _ in flat], lora_path=[n for _, n in flat],
             sampling_params=[{"max_new_tokens": 1, "temperature": 0.0} for _ in flat],
             return_logprob=[True] * len(flat),
@@ -94,6 +103,8 @@ async def step(call, args: dict, tokenizer_manager, objective, rank: int, tp_siz
     finally:
         for name in loaded:
             await tokenizer_manager.unload_lora_adapter(UnloadLoRAAdapterReqInput(lora_name=name), None)
+    code, seen = await call("load", {"pieces_of": tag})  # how the scheduler admitted them
+    pieces = seen.get("pieces", []) if code == 200 else []
     import torch
 
     exs = [Example(**e) for e in plan["examples"]]
@@ -113,5 +124,7 @@ async def step(call, args: dict, tokenizer_manager, objective, rank: int, tp_siz
     if code != 200:
         return code, res
     return 200, {"step": rec.step, "loss_plus": lp, "loss_minus": lm, "projected_grad": grads, "seeds": seeds,
-                 "adapters": len(loaded), "load_s": t_load - t0, "forward_s": t_fwd - t_load,
-                 "update_s": res["update_s"], "time_s": time.perf_counter() - t0}
+                 "adapters": len(loaded), "requests": len(names) * k, "load_s": t_load - t0, "forward_s": t_fwd - t_load,
+                 "update_s": res["update_s"], "time_s": time.perf_counter() - t0,
+                 # per piece: [requests, user requests admitted so far, user requests present at admission]
+                 "pieces": pieces, **({"load_at_start": plan["load_at_start"]} if "load_at_start" in plan else {})}

@@ -13,6 +13,7 @@ requests re-prefill under the new weights: no request ever sees perturbed weight
   losses | apply | info    data parallel (replicas.py): the forward half on a shard, the update half
                            from the coordinator's record, the pre-flight facts
   lowrank_plan | lowrank_apply   a low-rank step's batch and seeds, and its update (serve/lowrank.py)
+  load | if_idle   the scheduler's user load (load.py); a step (or plan) only if users left it idle
 """
 from __future__ import annotations
 
@@ -34,16 +35,19 @@ from ..objectives import family_for
 from ..run import batches
 from ..settings import step_seeds
 from .policy import Policy
-from .protocol import PARSERS, ApplyArgs, LossesArgs, RequestError, SaveArgs, StepArgs
+from .protocol import PARSERS, ApplyArgs, IfIdleArgs, LoadArgs, LossesArgs, RequestError, SaveArgs, StepArgs
 
 log = logging.getLogger("sglang_mezo.serve")
+# engine time that is training (if_idle: a step, or a few microseconds of refusing one)
+TRAINING_OPS = ("step", "losses", "apply", "lowrank_plan", "lowrank_apply", "if_idle")
 
 
 class ServedTrainer:
     def __init__(self, backend, pause, resume, flush, perturb_mode: str = "layerwise",
                  policy: Policy | None = None, rank: int | None = None, base_sha256: str | None = None,
-                 dp_rank: int = 0):
+                 dp_rank: int = 0, probe=None):
         self.backend, self._pause, self._resume, self._flush = backend, pause, resume, flush
+        self.probe = probe   # load.LoadProbe of this scheduler (None: no load figures, never idle-gated)
         self.perturb, self.rank = perturb_mode, rank
         self.policy = policy or Policy()   # restricted under `sglang-mezo serve` (requests over HTTP)
         self.encoder = isinstance(backend, EncoderBackend)
@@ -63,7 +67,13 @@ class ServedTrainer:
     def handle(self, op: str, args) -> dict:
         if op not in OPS:
             raise RequestError(f"unknown operation {op!r}", 404)
-        return OPS[op](self, PARSERS[op](args))
+        a = PARSERS[op](args)
+        t0 = time.perf_counter()
+        try:
+            return OPS[op](self, a)
+        finally:
+            if op in TRAINING_OPS and self.probe is not None:  # the engine did nothing else meanwhile
+                self.probe.add_train_time(time.perf_counter() - t0)
 
     @contextmanager
     def exclusive(self):
@@ -360,7 +370,23 @@ class ServedTrainer:
         return {"step": a.record.step, "update_s": time.perf_counter() - t0}
 
 
+def _load(self: ServedTrainer, a: LoadArgs) -> dict:
+    if self.probe is None:
+        raise RequestError("this engine has no load probe", 409)
+    return self.probe.read(a.reset, a.pieces_of)
+
+
+def _if_idle(self: ServedTrainer, a: IfIdleArgs) -> dict:
+    """The op only if no user request is waiting or running and none was for `quiet_s` ({**its result,
+    "load_at_start"}), else {"busy": load}: the caller waits and asks again. On the scheduler's thread, so
+    no user request can be admitted between this check and the op."""
+    load = _load(self, LoadArgs())
+    if load["user_waiting"] or load["user_running"] or load["quiet_s"] < a.quiet_s:
+        return {"busy": load}
+    return {**OPS[a.op](self, a.args), "load_at_start": load}
+
+
 OPS = {"step": ServedTrainer.step, "rollback": ServedTrainer.rollback, "save": ServedTrainer.save,
        "status": ServedTrainer.status, "losses": ServedTrainer.losses, "apply": ServedTrainer.apply,
        "info": ServedTrainer.info, "lowrank_plan": ServedTrainer.lowrank_plan,
-       "lowrank_apply": ServedTrainer.lowrank_apply}
+       "lowrank_apply": ServedTrainer.lowrank_apply, "load": _load, "if_idle": _if_idle}

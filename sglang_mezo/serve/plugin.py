@@ -20,6 +20,7 @@ MODELS_TARGET = "sglang.srt.managers.scheduler.Scheduler.__init__"
 # the RPC address the HTTP process binds reaches none of them: name each rank's address after it
 DP_TARGET = ("sglang.srt.managers.data_parallel_controller.DataParallelController."
              "launch_tensor_parallel_group_thread")
+PREFILL_TARGET = "sglang.srt.managers.scheduler.Scheduler.get_new_batch_prefill"
 log = logging.getLogger("sglang_mezo.serve")
 
 
@@ -34,6 +35,11 @@ def register() -> None:
     # `serve --mezo-run-dir`: the journal is replayed when a Scheduler has finished building, before it
     # reports ready — SGLang opens the HTTP port (and /health) only after every scheduler is ready
     HookRegistry.register(MODELS_TARGET, side.restore_journal, HookType.AFTER)
+    # training in spare capacity (load.py): low-rank training requests wait while users are served,
+    # and the scheduler's user load is observed for the idle schedule and /mezo/status
+    from .load import PROBE
+
+    HookRegistry.register(PREFILL_TARGET, PROBE.around_prefill, HookType.AROUND)
     # our model classes (the mean-pooled BERT classifier), added to SGLang's registry where a model is
     # built: just before a Scheduler starts. Not here: the registry imports every SGLang model (seconds),
     # which the HTTP and detokenizer processes never need.
@@ -108,6 +114,7 @@ class SchedulerSide:
             from ..backends import attach_backend
             from ..backends.sglang_runner import check_version
             from .journal import BASE_SHA256_ENV, RUN_DIR_ENV
+            from .load import PROBE
             from .ops import ServedTrainer
             from .policy import Policy
 
@@ -120,6 +127,7 @@ class SchedulerSide:
                 if not sched.flush_cache(empty_cache=False):
                     raise RuntimeError("could not flush SGLang's cache while paused")
 
+            PROBE.attach(sched)
             trainer = ServedTrainer(
                 backend,
                 pause=lambda: sched.pause_generation(PauseGenerationReqInput(mode="retract")),
@@ -129,7 +137,8 @@ class SchedulerSide:
                 rank=int(os.environ["SGLANG_MEZO_RANK"]) if os.environ.get("SGLANG_MEZO_RANK") else None,
                 policy=Policy.from_env(),  # set by `sglang-mezo serve`: requests come over HTTP
                 base_sha256=os.environ.get(BASE_SHA256_ENV),
-                dp_rank=get_parallel().dp_rank or 0)  # --dp-size N: rank 0 writes the journal
+                dp_rank=get_parallel().dp_rank or 0,  # --dp-size N: rank 0 writes the journal
+                probe=PROBE)
             if os.environ.get(RUN_DIR_ENV):
                 trainer.open_journal(os.environ[RUN_DIR_ENV])
             self.trainer = trainer

@@ -16,6 +16,9 @@ from ..settings import MAX_BATCH as MAX_EXAMPLES  # examples in one request (and
 from ..settings import Settings, SettingError
 
 MAX_SCALES = 3   # /mezo/losses: two-point [eps, -eps]; one-point [0] then [eps]
+SCHEDULES = ("interval", "idle")  # /mezo/train: every interval_s, or only when users leave the engine idle
+QUIET_S_DEFAULT = 1.0             # idle schedule: seconds without a waiting or running user request
+TRAIN_FIELDS = ("steps", "interval_s", "schedule", "quiet_s")
 
 
 class RequestError(ValueError):
@@ -70,8 +73,8 @@ class StepArgs:
 
 def parse_step(d) -> StepArgs:
     d = _obj(d)
-    if "steps" in d or "interval_s" in d:
-        raise RequestError("'steps'/'interval_s' belong to /mezo/train")
+    if set(TRAIN_FIELDS) & set(d):
+        raise RequestError(f"{sorted(set(TRAIN_FIELDS) & set(d))} belong to /mezo/train")
     examples, task = d.get("examples"), d.get("task")
     if (examples is None) == (task is None):  # a request names its data (the CLI defaults to a task)
         raise RequestError("give exactly one of 'examples' (a list) or 'task' (a task name)")
@@ -96,15 +99,28 @@ class TrainArgs:
     steps: int
     interval_s: float       # pause between steps: serving gets that much time to itself
     step: dict              # the body of each step (parsed by parse_step)
+    schedule: str = "interval"          # SCHEDULES
+    quiet_s: float = QUIET_S_DEFAULT    # idle: a step starts only after this long without user requests
+
+    @property
+    def idle_quiet_s(self) -> float | None:
+        """The quiet time a step must wait for (the `if_idle` guard), or None: start at once."""
+        return self.quiet_s if self.schedule == "idle" else None
 
 
 def parse_train(d) -> TrainArgs:
     d = _obj(d)
     steps = _num(d, "steps", lo=1, hi=1_000_000, integer=True)
     interval = _num(d, "interval_s", 0.0, lo=0, hi=3600)
-    body = {k: v for k, v in d.items() if k not in ("steps", "interval_s")}
+    schedule = d.get("schedule", "interval")
+    if schedule not in SCHEDULES:
+        raise RequestError(f"field 'schedule' must be one of {list(SCHEDULES)}, got {_short(schedule)}")
+    if "quiet_s" in d and schedule != "idle":
+        raise RequestError("field 'quiet_s' applies to \"schedule\": \"idle\" only")
+    quiet = _num(d, "quiet_s", QUIET_S_DEFAULT, lo=0, hi=3600)
+    body = {k: v for k, v in d.items() if k not in TRAIN_FIELDS}
     parse_step(body)
-    return TrainArgs(steps, interval, body)
+    return TrainArgs(steps, interval, body, schedule, quiet)
 
 
 def parse_rollback(d) -> int:
@@ -203,6 +219,38 @@ def parse_apply(d) -> ApplyArgs:
     return ApplyArgs(rec, _flag(d, "checksum"))
 
 
+@dataclass
+class LoadArgs:
+    """`load`: the scheduler's user load (load.py); `reset` starts the queue-wait figures afresh,
+    `pieces_of` collects how a low-rank step's requests were admitted."""
+    reset: bool = False
+    pieces_of: str | None = None
+
+
+def parse_load(d) -> LoadArgs:
+    d = _obj(d, {"reset", "pieces_of"})
+    tag = d.get("pieces_of")
+    if tag is not None and not isinstance(tag, str):
+        raise RequestError("field 'pieces_of' must be a string")
+    return LoadArgs(_flag(d, "reset"), tag)
+
+
+@dataclass
+class IfIdleArgs:
+    """`if_idle`: run `op` (a step, or a low-rank step's plan) only if no user request has been waiting or
+    running for `quiet_s` — checked on the scheduler's thread, so nothing can slip in between."""
+    quiet_s: float
+    op: str
+    args: object
+
+
+def parse_if_idle(d) -> IfIdleArgs:
+    d = _obj(d, {"quiet_s", "op", "args"})
+    if d.get("op") not in ("step", "lowrank_plan"):
+        raise RequestError("field 'op' must be 'step' or 'lowrank_plan'")
+    return IfIdleArgs(_num(d, "quiet_s", lo=0, hi=3600), d["op"], PARSERS[d["op"]](d.get("args", {})))
+
+
 def parse_none(d) -> None:
     if _obj(d):
         raise RequestError("this operation takes no fields")
@@ -211,4 +259,5 @@ def parse_none(d) -> None:
 # every scheduler-side operation and its request's parser (ops.py holds the table of what each does)
 PARSERS = {"step": parse_step, "rollback": parse_rollback, "save": parse_save, "status": parse_status,
            "losses": parse_losses, "apply": parse_apply, "info": parse_none,
-           "lowrank_plan": parse_step, "lowrank_apply": parse_apply}
+           "lowrank_plan": parse_step, "lowrank_apply": parse_apply, "load": parse_load,
+           "if_idle": parse_if_idle}

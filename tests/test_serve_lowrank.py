@@ -147,7 +147,12 @@ def test_users_never_see_perturbed_weights_and_wait_at_most_one_update(server, t
     for b, a, _, lps in probes:
         gaps = {k: max(abs(x - y) for x, y in zip(lps, offline(k))) for k in range(b, min(a + 1, start + 10) + 1)}
         k = min(gaps, key=gaps.get)
-        assert gaps[k] <= 1e-5, (b, a, gaps)  # a perturbed forward would be ~1e-2 away
+        # sglang's float32 kernels vs transformers: ~5e-7 on most weight states, 2.8e-5 measured on one (step 6
+        # after the first test's four steps, every probe of it; step 7, built on it, is back at 5e-7).
+        # Neighbouring steps are >= 1.5e-2 apart and a perturbed forward ~1e-2: the nearest step must be
+        # within 1e-4 and at least 100x nearer than any other candidate.
+        others = [g for j, g in gaps.items() if j != k]
+        assert gaps[k] <= 1e-4 and all(g >= 100 * gaps[k] for g in others), (b, a, gaps)
         matched.add(k)
     assert len(matched) >= 3, f"probes saw only steps {matched}: training and serving did not overlap"
 

@@ -144,9 +144,9 @@ def run_cell(model, mode, cond, args):
 
 def table(rows):
     base = {(r["perturb"], r["load"]): r for r in rows if r["training"] == "none"}
-    lines = ["| mode | training | load | p50 s | p99 s | max s | TTFT p50 s | p99 ÷ idle p99 | max ÷ idle max "
-             "| TTFT p99 ÷ idle | steps/min | engine on training | user queue wait p99 ms |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| mode | training | step batch | load | p50 s | p99 s | max s | TTFT p50 s | p99 ÷ idle p99 | max ÷ idle max "
+             "| TTFT p99 ÷ idle | steps/min | engine on training | user queue wait p99 ms | commit, load |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         b = base.get((r["perturb"], r["load"]))
         if b is None:
@@ -154,11 +154,13 @@ def table(rows):
         st = r["status"] if r["training"] != "none" else {}
         qw = (st.get("user_queue_wait_ms") or {}).get("p99")
         frac = st.get("train_engine_fraction")
-        lines.append(f"| {r['perturb']} | {r['training']} | {r['load']} | {r['p50_s']:.2f} | {r['p99_s']:.2f} | "
+        quiet = f", quiet {r['quiet_s']:g} s" if r.get("quiet_s") is not None else ""
+        lines.append(f"| {r['perturb']} | {r['training']} | {r.get('batch_size') or ''}{quiet} | {r['load']} | {r['p50_s']:.2f} | {r['p99_s']:.2f} | "
                      f"{r['max_s']:.2f} | {r['ttft_p50_s']:.2f} | ×{r['p99_s'] / b['p99_s']:.2f} | "
                      f"×{r['max_s'] / b['max_s']:.2f} | ×{r['ttft_p99_s'] / b['ttft_p99_s']:.2f} | "
                      f"{r['steps_per_min']:.1f} | {'' if frac is None else f'{frac:.0%}'} | "
-                     f"{'' if qw is None else f'{qw:.0f}'} |")
+                     f"{'' if qw is None else f'{qw:.0f}'} | {r.get('commit', '')[:7]}, "
+                     f"{r.get('loadavg_1', float('nan')):.1f} |")
     return "\n".join(lines)
 
 
@@ -193,7 +195,9 @@ def main():
         for cond in args.conditions.split(","):
             new = run_cell(args.model, mode, cond, args)
             for r in new:
-                r.update(commit=machine_info()["git_commit"], loadavg_1=os.getloadavg()[0], requests=args.requests)
+                r.update(commit=machine_info()["git_commit"], loadavg_1=os.getloadavg()[0], requests=args.requests,
+                         batch_size=args.batch_size if cond != "none" else None,
+                         quiet_s=args.quiet if cond == "idle" else None)
             rows = [r for r in rows if key(r) not in {key(n) for n in new}] + new
             out.with_suffix(".json").write_text(json.dumps({"args": vars(args), "rows": rows}, indent=1))
     info = {**machine_info(), "loadavg_before": list(load_before), "loadavg_after": list(os.getloadavg())}
@@ -201,12 +205,13 @@ def main():
                                           "concurrent", "paced"))}
     rows.sort(key=lambda r: [order.get(k, 9) for k in key(r)])
     out.with_suffix(".json").write_text(json.dumps({"args": vars(args), "machine": info, "rows": rows}, indent=1))
-    md = (f"# serve_latency: chat completions (OpenAI client) while training\n\ncommit {info['git_commit'][:7]}"
-          f"{' (dirty)' if info['git_dirty'] else ''}, {info['date']}, {info['usable_cores']} cores, load average "
-          f"before {load_before[0]:.2f} after {info['loadavg_after'][0]:.2f}; model {Path(args.model).name} fp32; "
-          f"{args.requests} requests per load ({args.clients} concurrent clients; paced: one every {args.pace:g} s, "
-          f"{args.paced_requests}); training batch {args.batch_size}, low-rank rank {args.rank}, idle quiet_s "
-          f"{args.quiet:g}\n\n" + table(rows) + "\n")
+    md = (f"# serve_latency: chat completions (OpenAI client) while training\n\nLast invocation: commit "
+          f"{info['git_commit'][:7]}{' (dirty)' if info['git_dirty'] else ''}, {info['date']}, {info['usable_cores']} "
+          f"cores, load average before {load_before[0]:.2f} after {info['loadavg_after'][0]:.2f}; model "
+          f"{Path(args.model).name} fp32; {args.requests} requests per load ({args.clients} concurrent clients; "
+          f"paced: one every {args.pace:g} s, {args.paced_requests}); low-rank rank {args.rank}. Each row: the "
+          "training step's batch (and the idle schedule's quiet_s), the commit and 1-min load average it ran "
+          "at; ratios are against the no-training row of the same mode and load.\n\n" + table(rows) + "\n")
     out.with_suffix(".md").write_text(md)
     print(md)
 

@@ -78,7 +78,8 @@ def key(method: str, lr: float, seed: int) -> str:
     return f"{method}|{lr:g}|{seed}"
 
 
-def run_one(method: str, lr: float, seed: int, budget: int, n_test: int, work: Path, core: int) -> dict:
+def run_one(method: str, lr: float, seed: int, budget: int, n_test: int, work: Path, core: int,
+            code: Path = ROOT) -> dict:
     flags, per_step, _, _ = METHODS[method]
     steps = max(1, budget // per_step)
     out = work / f"{method}_lr{lr:g}_s{seed}"
@@ -86,9 +87,9 @@ def run_one(method: str, lr: float, seed: int, budget: int, n_test: int, work: P
            "--objective", "ce", "--batch-size", str(B), "--lr", str(lr), "--eps", "1e-3", "--steps", str(steps),
            "--eval-every", str(max(1, steps // 6)), "--n-test", str(n_test), "--progress-off", "--out", str(out),
            "--overwrite", *flags]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PYTHONPATH": str(code)}
     t0 = time.time()
-    pr = subprocess.run(["taskset", "-c", str(core), *cmd], cwd=ROOT, capture_output=True, text=True, env=env)
+    pr = subprocess.run(["taskset", "-c", str(core), *cmd], cwd=code, capture_output=True, text=True, env=env)
     if pr.returncode != 0:
         return {"error": (pr.stderr or pr.stdout)[-1500:], "cmd": " ".join(cmd)}
     summary = json.loads(pr.stdout.strip().splitlines()[-1])
@@ -208,8 +209,11 @@ def main():
     p.add_argument("--methods", default=",".join(METHODS), help=f"comma-separated, of {list(METHODS)}")
     p.add_argument("--n-test", type=int, default=872)
     p.add_argument("--parallel", type=int, default=2, help="runs at once, one core each")
+    p.add_argument("--cores", default="", help="the cores runs are pinned to, e.g. 0,1 (default: 0 … parallel-1)")
     p.add_argument("--work", default="/tmp/learning_per_forward", help="run folders (models: not kept in git)")
     p.add_argument("--report-only", action="store_true")
+    p.add_argument("--code", default=str(ROOT), help="the checkout whose `sglang-mezo train` runs (its commit "
+                   "is recorded with each run)")
     p.add_argument("--results", default=str(OUT), help="results .json (the .md and .png go beside it)")
     args = p.parse_args()
     OUT = Path(args.results)
@@ -219,7 +223,8 @@ def main():
         if m not in METHODS:
             p.error(f"--methods: unknown {m!r} (have {list(METHODS)})")
     work = Path(args.work)
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
+    code = Path(args.code).resolve()
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=code, capture_output=True,
                             text=True).stdout.strip()
     info = machine_info()
     machine = f"{info['usable_cores']} cores ({info['processor']}), torch {info['torch']}"
@@ -230,12 +235,12 @@ def main():
         if args.report_only:
             report(res, args)
             return
-    cores = list(range(args.parallel))
+    cores = [int(c) for c in args.cores.split(",")] if args.cores else list(range(args.parallel))
 
     def job(m, lr, seed):
         core = cores.pop()
         try:
-            r = run_one(m, lr, seed, args.budget, args.n_test, work, core)
+            r = run_one(m, lr, seed, args.budget, args.n_test, work, core, code)
         finally:
             cores.append(core)
         with _lock, shared():

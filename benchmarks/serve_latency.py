@@ -94,6 +94,7 @@ def serve(model, mode, args):
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     extra = ["--mezo-perturb", mode] + (["--mezo-rank", str(args.rank)] if mode == "lowrank" else [])
+    extra += args.serve_args.split() if mode == "lowrank" or "piece" not in args.serve_args else []
     proc = subprocess.Popen([sys.executable, "-m", "sglang_mezo", "serve", "--model-path", model, "--host",
                              "127.0.0.1", "--port", str(port), "--dtype", "float32", "--log-level", "error",
                              *extra], cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
@@ -142,6 +143,45 @@ def run_cell(model, mode, cond, args):
             proc.wait(30)
 
 
+def step_costs(model, args):
+    """Where a full-rank step's time goes, per batch size: its forwards, and the rest (the pause of user
+    traffic, the perturbation and update sweeps, the cache flushes). The idle schedule delays a user by at
+    most one step, so this is the user's worst case under it."""
+    import statistics
+
+    proc, url = serve(model, "layerwise", args)
+    try:
+        out = []
+        for b in [int(x) for x in args.step_costs.split(",")]:
+            reps = []
+            for i in range(4):
+                t = time.perf_counter()
+                r = requests.post(url + "/mezo/step", json={"task": "sst2", "batch_size": b, "lr": 1e-6, "eps": 1e-3,
+                                                             "seed": 7 + i}, timeout=600)
+                r.raise_for_status()
+                j = r.json()
+                reps.append((time.perf_counter() - t, j["time_s"], sum(j["forward_s"]), len(j["forward_s"])))
+            reps = reps[1:]  # the first step of a size warms up
+            med = lambda k: statistics.median(x[k] for x in reps)  # noqa: E731
+            out.append({"batch_size": b, "http_s": med(0), "step_s": med(1), "forwards_s": med(2),
+                        "forwards": reps[0][3], "one_forward_s": med(2) / reps[0][3],
+                        "pause_sweeps_flushes_s": med(1) - med(2)})
+            print(json.dumps(out[-1]), flush=True)
+        return out
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(60)
+
+
+def costs_table(costs):
+    lines = ["| step batch | one forward s | forwards s | pause + sweeps + flushes s | step s (scheduler) | "
+             "step s (HTTP) |", "|---|---|---|---|---|---|"]
+    for c in costs:
+        lines.append(f"| {c['batch_size']} | {c['one_forward_s']:.3f} | {c['forwards_s']:.3f} | "
+                     f"{c['pause_sweeps_flushes_s']:.3f} | {c['step_s']:.3f} | {c['http_s']:.3f} |")
+    return "\n".join(lines)
+
+
 def table(rows):
     base = {(r["perturb"], r["load"]): r for r in rows if r["training"] == "none"}
     lines = ["| mode | training | step batch | load | p50 s | p99 s | max s | TTFT p50 s | p99 ÷ idle p99 | max ÷ idle max "
@@ -155,6 +195,7 @@ def table(rows):
         qw = (st.get("user_queue_wait_ms") or {}).get("p99")
         frac = st.get("train_engine_fraction")
         quiet = f", quiet {r['quiet_s']:g} s" if r.get("quiet_s") is not None else ""
+        quiet += f", `{r['serve_args']}`" if r.get("serve_args") and r["training"] != "none" else ""
         lines.append(f"| {r['perturb']} | {r['training']} | {r.get('batch_size') or ''}{quiet} | {r['load']} | {r['p50_s']:.2f} | {r['p99_s']:.2f} | "
                      f"{r['max_s']:.2f} | {r['ttft_p50_s']:.2f} | ×{r['p99_s'] / b['p99_s']:.2f} | "
                      f"×{r['max_s'] / b['max_s']:.2f} | ×{r['ttft_p99_s'] / b['ttft_p99_s']:.2f} | "
@@ -177,6 +218,10 @@ def main():
     ap.add_argument("--quiet", type=float, default=0.5, help="idle schedule: quiet_s")
     ap.add_argument("--batch-size", type=int, default=16)
     ap.add_argument("--rank", type=int, default=4)
+    ap.add_argument("--serve-args", default="", help="extra `serve` flags, e.g. '--mezo-piece-tokens 16' "
+                    "(low-rank servers only when it names a piece size)")
+    ap.add_argument("--step-costs", default="", help="also measure full-rank steps of these batch sizes, "
+                    "e.g. 1,2,4,16: their forwards and the rest (pause, sweeps, flushes)")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "serve_latency"))
     args = ap.parse_args()
     sys.path.insert(0, str(ROOT / "benchmarks"))
@@ -189,22 +234,29 @@ def main():
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     old = json.loads(out.with_suffix(".json").read_text()) if out.with_suffix(".json").exists() else {}
-    key = lambda r: (r["perturb"], r["training"], r["load"])  # noqa: E731 - a cell measured now replaces its old row
+    # a cell measured now replaces its old row (same mode, training, load, extra serve flags)
+    key = lambda r: (r["perturb"], r["training"], r["load"], r.get("serve_args", ""))  # noqa: E731
     rows = [r for r in old.get("rows", []) if "training" in r]
-    for mode in args.perturbs.split(","):
+    costs = old.get("step_costs")
+    if args.step_costs:
+        costs = {"commit": machine_info()["git_commit"], "loadavg_1": os.getloadavg()[0],
+                 "rows": step_costs(args.model, args)}
+    for mode in [m for m in args.perturbs.split(",") if m]:
         for cond in args.conditions.split(","):
             new = run_cell(args.model, mode, cond, args)
             for r in new:
                 r.update(commit=machine_info()["git_commit"], loadavg_1=os.getloadavg()[0], requests=args.requests,
                          batch_size=args.batch_size if cond != "none" else None,
-                         quiet_s=args.quiet if cond == "idle" else None)
+                         quiet_s=args.quiet if cond == "idle" else None, serve_args=args.serve_args)
             rows = [r for r in rows if key(r) not in {key(n) for n in new}] + new
-            out.with_suffix(".json").write_text(json.dumps({"args": vars(args), "rows": rows}, indent=1))
+            out.with_suffix(".json").write_text(json.dumps({"args": vars(args), "rows": rows, "step_costs": costs},
+                                                           indent=1))
     info = {**machine_info(), "loadavg_before": list(load_before), "loadavg_after": list(os.getloadavg())}
     order = {m: i for i, m in enumerate(("layerwise", "lowrank", "none", "continuous", "idle", "sequential",
                                           "concurrent", "paced"))}
-    rows.sort(key=lambda r: [order.get(k, 9) for k in key(r)])
-    out.with_suffix(".json").write_text(json.dumps({"args": vars(args), "machine": info, "rows": rows}, indent=1))
+    rows.sort(key=lambda r: [order.get(k, 9) for k in key(r)[:3]] + [key(r)[3]])
+    out.with_suffix(".json").write_text(json.dumps({"args": vars(args), "machine": info, "rows": rows,
+                                                   "step_costs": costs}, indent=1))
     md = (f"# serve_latency: chat completions (OpenAI client) while training\n\nLast invocation: commit "
           f"{info['git_commit'][:7]}{' (dirty)' if info['git_dirty'] else ''}, {info['date']}, {info['usable_cores']} "
           f"cores, load average before {load_before[0]:.2f} after {info['loadavg_after'][0]:.2f}; model "
@@ -212,6 +264,9 @@ def main():
           f"paced: one every {args.pace:g} s, {args.paced_requests}); low-rank rank {args.rank}. Each row: the "
           "training step's batch (and the idle schedule's quiet_s), the commit and 1-min load average it ran "
           "at; ratios are against the no-training row of the same mode and load.\n\n" + table(rows) + "\n")
+    if costs:
+        md += (f"\n## Where a full-rank step's time goes (commit {costs['commit'][:7]}, load "
+               f"{costs['loadavg_1']:.1f}; median of 3 steps after one warm-up)\n\n" + costs_table(costs["rows"]) + "\n")
     out.with_suffix(".md").write_text(md)
     print(md)
 

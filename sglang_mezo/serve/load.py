@@ -23,7 +23,7 @@ import time
 from collections import OrderedDict, deque
 
 TRAIN_RID_PREFIX = "mezo-"      # a low-rank step's adapter requests (serve/lowrank.py names them)
-PIECE_TOKENS_DEFAULT = 64       # prompt tokens of training requests per batch (--mezo-piece-tokens)
+PIECE_TOKENS_DEFAULT = 16       # prompt tokens of training requests per batch (--mezo-piece-tokens)
 PIECE_TOKENS_ENV = "SGLANG_MEZO_PIECE_TOKENS"
 _WAITS_KEPT = 4096              # user queue waits kept for the percentiles (most recent)
 _TAGS_KEPT = 64                 # steps whose piece log is kept until lowrank.py collects it

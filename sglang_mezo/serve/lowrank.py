@@ -10,11 +10,17 @@ requests, never a pause.
             of other weights). The losses are those of the one call however it was split.
     unload  the adapters
     update  RPC lowrank_apply: the step's record applied in place — the only pause, one update long
+Users first: the adapter loads, their unloads and the update are scheduler work that no priority orders,
+so each waits for a moment when no user request is waiting or running (`_when_idle`; the update is checked
+and run in one scheduler operation, `if_idle`, so nothing slips in between and no user request is
+retracted), but at most IDLE_WAIT_S: under back-to-back traffic such moments last milliseconds, and
+training must still progress.
 The losses and projected gradients are computed here with the same `estimate` as mezo_step, so the
 record replays bit-identically (`sglang-mezo replay`).
 """
 from __future__ import annotations
 
+import asyncio
 import time
 import uuid
 from dataclasses import asdict
@@ -48,6 +54,28 @@ def _results(outs, reqs):
     return res
 
 
+IDLE_POLL_S = 0.005   # how often a step's scheduler work asks whether users left the engine idle
+IDLE_WAIT_S = 1.0     # ... and for how long at most before it runs anyway
+
+
+async def _when_idle(call, op: str | None = None, args: dict | None = None) -> tuple[int, dict]:
+    """Wait (at most IDLE_WAIT_S) until the scheduler serves no user request; then run `op` there (through
+    `if_idle`, atomic; after the wait, plainly) or, without an op, return (the caller's next scheduler
+    work may still meet a user that arrived meanwhile)."""
+    deadline = time.perf_counter() + IDLE_WAIT_S
+    while time.perf_counter() < deadline:
+        if op is None:
+            code, res = await call("load", {})
+            if code != 200 or not (res.get("user_waiting") or res.get("user_running")):
+                return code, res
+        else:
+            code, res = await call("if_idle", {"quiet_s": 0.0, "op": op, "args": args})
+            if code != 200 or "busy" not in res:
+                return code, res
+        await asyncio.sleep(IDLE_POLL_S)
+    return (200, {}) if op is None else await call(op, args)
+
+
 async def step(call, args: dict, tokenizer_manager, objective, rank: int, tp_size: int, max_rank: int,
                max_loras: int, *, priority: int | None = None, quiet_s: float | None = None) -> tuple[int, dict]:
     """One low-rank step; `call(op, args)` reaches the schedulers (async), `objective` is the resolved
@@ -79,6 +107,7 @@ async def step(call, args: dict, tokenizer_manager, objective, rank: int, tp_siz
             if sc == 0:  # the unperturbed loss: the served weights, no adapter
                 names.append(None)
                 continue
+            await _when_idle(call)
             name = f"mezo-{uuid.uuid4().hex}"  # fresh per step: its KV can never be matched by another
             blob = MultiprocessingSerializer.serialize(adapter_tensors(s, sc, mats, rank))
             r = await tokenizer_manager.load_lora_adapter_from_tensors(LoadLoRAAdapterFromTensorsReqInput(
@@ -102,6 +131,7 @@ async def step(call, args: dict, tokenizer_manager, objective, rank: int, tp_siz
         t_fwd = time.perf_counter()
     finally:
         for name in loaded:
+            await _when_idle(call)
             await tokenizer_manager.unload_lora_adapter(UnloadLoRAAdapterReqInput(lora_name=name), None)
     code, seen = await call("load", {"pieces_of": tag})  # how the scheduler admitted them
     pieces = seen.get("pieces", []) if code == 200 else []
@@ -120,7 +150,7 @@ async def step(call, args: dict, tokenizer_manager, objective, rank: int, tp_siz
         losses.append(v)
     grads, lp, lm = estimate(losses, cfg)
     rec = StepRecord(plan["step"], seeds, grads, cfg.lr, cfg.eps, cfg.weight_decay, cfg.estimator, lp, lm)
-    code, res = await call("lowrank_apply", {"record": asdict(rec)})
+    code, res = await _when_idle(call, "lowrank_apply", {"record": asdict(rec)})
     if code != 200:
         return code, res
     return 200, {"step": rec.step, "loss_plus": lp, "loss_minus": lm, "projected_grad": grads, "seeds": seeds,

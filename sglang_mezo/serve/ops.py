@@ -175,17 +175,26 @@ class ServedTrainer:
         family, batch = self.prepare(a)
         s, step = a.settings, len(self.records) + 1
         m = family.measure(self.backend, batch, step)
+        fwd: list[float] = []
+
+        def timed() -> float:  # each forward's seconds: the rest of time_s is the pause, sweeps and flushes
+            t = time.perf_counter()
+            try:
+                return m()
+            finally:
+                fwd.append(time.perf_counter() - t)
+
         t0 = time.perf_counter()
         try:
             with self.exclusive():
-                rec = mezo_step(self.weights, m, step_seeds(s.seed, step, s.n_queries), s, step)
+                rec = mezo_step(self.weights, timed, step_seeds(s.seed, step, s.n_queries), s, step)
         except rewards.RewardError as e:  # a registered reward misbehaved: weights already restored
             raise RequestError(str(e)) from None
         rec.extra = dict(m.extra, **({"sample": list(self._sampled)} if self._sampled else {}))
         self._commit(rec)
         return {"step": rec.step, "loss_plus": rec.loss_plus, "loss_minus": rec.loss_minus,
                 "projected_grad": rec.grads, "seeds": rec.seeds, "time_s": time.perf_counter() - t0,
-                **m.summary(), "record": asdict(rec)}   # record: what other DP ranks apply (dp.py)
+                "forward_s": fwd, **m.summary(), "record": asdict(rec)}   # record: what other DP ranks apply (dp.py)
 
     def rollback(self, k: int) -> dict:
         if k > len(self.records):

@@ -237,7 +237,7 @@ def parse_load(d) -> LoadArgs:
 
 @dataclass
 class IfIdleArgs:
-    """`if_idle`: run `op` (a step, or a low-rank step's plan) only if no user request has been waiting or
+    """`if_idle`: run `op` (a step, or a low-rank step's plan or update) only if no user request has been waiting or
     running for `quiet_s` — checked on the scheduler's thread, so nothing can slip in between."""
     quiet_s: float
     op: str
@@ -246,8 +246,8 @@ class IfIdleArgs:
 
 def parse_if_idle(d) -> IfIdleArgs:
     d = _obj(d, {"quiet_s", "op", "args"})
-    if d.get("op") not in ("step", "lowrank_plan"):
-        raise RequestError("field 'op' must be 'step' or 'lowrank_plan'")
+    if d.get("op") not in ("step", "lowrank_plan", "lowrank_apply"):
+        raise RequestError("field 'op' must be 'step', 'lowrank_plan' or 'lowrank_apply'")
     return IfIdleArgs(_num(d, "quiet_s", lo=0, hi=3600), d["op"], PARSERS[d["op"]](d.get("args", {})))
 
 

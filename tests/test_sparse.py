@@ -230,3 +230,36 @@ def test_cli_sparse_train_then_replay_is_bit_identical(tiny_model, tmp_path):
     base = load_file(f"{tiny_model}/model.safetensors")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     assert any(not torch.equal(a[k], base[k]) for k in a)
+
+
+# -- serving: the flag, the journal pin ---------------------------------------------------------------------
+def test_serve_sparsity_flag_is_checked_by_settings(monkeypatch):
+    """`serve --mezo-sparsity` is refused as `train --sparsity` is (the same Settings message); a good value
+    reaches the schedulers (SGLANG_MEZO_SPARSITY)."""
+    from sglang_mezo.serve import http as server
+
+    for k in ("SGLANG_MEZO_PERTURB", "SGLANG_MEZO_RANK", "SGLANG_MEZO_SPARSITY"):
+        monkeypatch.setenv(k, "")   # restored after the test: _lowrank_flags sets them
+    for extra, kw in ((["--mezo-sparsity", "1.5"], {"sparsity": 1.5}), (["--mezo-sparsity", "-0.1"], {"sparsity": -0.1}),
+                      (["--mezo-sparsity", "0.5", "--mezo-perturb", "inplace"], {"sparsity": 0.5, "perturb": "inplace"})):
+        ns, rest = server._mezo_flags(extra)
+        with pytest.raises(SystemExit) as served:
+            server._lowrank_flags(ns, rest)
+        with pytest.raises(SettingError) as trained:
+            Settings(**kw)
+        assert "--mezo-sparsity" in str(served.value) and str(served.value).endswith(str(trained.value))
+    ns, rest = server._mezo_flags(["--mezo-sparsity", "0.5"])
+    server._lowrank_flags(ns, rest)
+    assert ns.mezo_sparsity == 0.5 and float(__import__("os").environ["SGLANG_MEZO_SPARSITY"]) == 0.5
+
+
+def test_journal_pins_the_sparsity():
+    """A served journal is replayed only by a server with the same sparsity (absent in a header: dense)."""
+    from sglang_mezo.serve.journal import mismatches
+
+    dense, sparse = {"perturb": "layerwise"}, {"perturb": "layerwise", "sparsity": 0.5}
+    assert mismatches(dense, {"perturb": "layerwise", "sparsity": 0.0}) == []
+    assert mismatches(sparse, {"perturb": "layerwise", "sparsity": 0.5}) == []
+    assert mismatches(sparse, {"perturb": "layerwise", "sparsity": 0.0}) == \
+        ["Sparse MeZO sparsity (--mezo-sparsity): journal 0.5, this server 0.0"]
+    assert mismatches(dense, sparse) == ["Sparse MeZO sparsity (--mezo-sparsity): journal 0.0, this server 0.5"]

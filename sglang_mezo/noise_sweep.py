@@ -1,7 +1,8 @@
-"""`sweep`, the only weight-changing primitive (and `sweep_masked`, its Sparse MeZO form): per chunk it draws z (noise.py) once and applies a list of
+"""`sweep`, the only weight-changing primitive: per chunk it draws z (noise.py) once and applies a list of
 in-place ops to the engine's tensor views, so restore + update cost one noise generation. It dispatches to
 the C kernel on CPU (noise_native.c, built with gcc on first use), the Triton kernel on CUDA, or the torch
-reference; all give the same bits.
+reference; all give the same bits. `sweep_masked` is its Sparse MeZO form (perturb/sparse.py): the torch
+reference arithmetic with z zeroed outside each matrix's small-magnitude weights.
 """
 from __future__ import annotations
 

@@ -202,8 +202,9 @@ def train_replicas(cfg, urls: list[str], checksum_every: int = 10, timeout: floa
     given = {k: getattr(cfg, k) for k, default in _FIXED.items() if getattr(cfg, k) != default}
     if given:
         flags = ", ".join("--" + k.replace("_", "-") for k in sorted(given))
-        raise ValueError(f"--replicas does not take {flags}: the model, engine, dtype and trained weights "
-                         "are the replicas' own; evaluate a saved model with `sglang-mezo eval`")
+        raise ValueError(f"--replicas does not take {flags}: the model, engine, dtype, perturbation (serve "
+                         "--mezo-perturb/--mezo-sparsity) and trained weights are the replicas' own; evaluate a "
+                         "saved model with `sglang-mezo eval`")
     spec = tasks.get_task(cfg.task)
     # the family only; each replica resolves the objective name under its own policy (/mezo/losses)
     family = family_for(cfg, encoder=False, spec=spec, resolve=lambda name: "ce")

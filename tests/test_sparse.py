@@ -240,8 +240,10 @@ def test_serve_sparsity_flag_is_checked_by_settings(monkeypatch):
 
     for k in ("SGLANG_MEZO_PERTURB", "SGLANG_MEZO_RANK", "SGLANG_MEZO_SPARSITY"):
         monkeypatch.setenv(k, "")   # restored after the test: _lowrank_flags sets them
-    for extra, kw in ((["--mezo-sparsity", "1.5"], {"sparsity": 1.5}), (["--mezo-sparsity", "-0.1"], {"sparsity": -0.1}),
-                      (["--mezo-sparsity", "0.5", "--mezo-perturb", "inplace"], {"sparsity": 0.5, "perturb": "inplace"})):
+    for extra, kw in ((["--mezo-sparsity", "1.5"], {"sparsity": 1.5}),
+                      (["--mezo-sparsity", "-0.1"], {"sparsity": -0.1}),
+                      (["--mezo-sparsity", "0.5", "--mezo-perturb", "inplace"],
+                       {"sparsity": 0.5, "perturb": "inplace"})):
         ns, rest = server._mezo_flags(extra)
         with pytest.raises(SystemExit) as served:
             server._lowrank_flags(ns, rest)
@@ -263,3 +265,48 @@ def test_journal_pins_the_sparsity():
     assert mismatches(sparse, {"perturb": "layerwise", "sparsity": 0.0}) == \
         ["Sparse MeZO sparsity (--mezo-sparsity): journal 0.5, this server 0.0"]
     assert mismatches(dense, sparse) == ["Sparse MeZO sparsity (--mezo-sparsity): journal 0.0, this server 0.5"]
+
+
+def test_replicas_take_the_sparsity_of_their_servers(tmp_path):
+    """`train --replicas` refuses --sparsity before contacting any replica (each server's own setting)."""
+    from sglang_mezo.replicas import train_replicas
+
+    cfg = Settings(out=str(tmp_path / "out"), replicas="http://127.0.0.1:9", sparsity=0.5)
+    with pytest.raises(ValueError, match="--replicas does not take --sparsity.*--mezo-sparsity"):
+        train_replicas(cfg, ["http://127.0.0.1:9"])
+    assert not (tmp_path / "out").exists()
+
+
+def test_served_sparse_steps_are_journaled_restored_and_replayable(tiny_model, tmp_path):
+    """`serve --mezo-sparsity 0.5 --mezo-run-dir`: sparse steps (n = 2) journaled with the sparsity; a
+    restart restores the same weights; the journal replays offline to the served model bit for bit; a
+    dense server refuses the sparse journal before SGLang starts."""
+    import subprocess
+    import sys
+
+    import requests
+
+    from conftest import ROOT
+    from serve_helpers import free_port, post_ok, running_server
+
+    run, saves = tmp_path / "run", tmp_path / "saves"
+    saves.mkdir()
+    extra = ("--mezo-run-dir", str(run), "--mezo-save-dir", str(saves), "--mezo-sparsity", "0.5")
+    step = {"task": "sst2", "lr": 1e-2, "eps": 1e-2, "batch_size": 4, "seed": 3, "n_queries": 2}
+    with running_server(tiny_model, tmp_path / "s1.log", *extra, start_timeout=600) as url:
+        assert [post_ok(url, "/mezo/step", step)["step"] for _ in range(2)] == [1, 2]
+        post_ok(url, "/mezo/save", {"path": "served"})
+        before = requests.get(url + "/mezo/checksum", timeout=300).json()["weights_sha256"]
+    head = json.loads((run / "trajectory.jsonl").read_text().splitlines()[0])
+    assert head["sparsity"] == 0.5 and head["perturb"] == "layerwise"
+    with running_server(tiny_model, tmp_path / "s2.log", *extra, start_timeout=600) as url:
+        assert requests.get(url + "/mezo/checksum", timeout=300).json()["weights_sha256"] == before
+    cli("replay", "--trajectory", str(run / "trajectory.jsonl"), "--out", str(tmp_path / "rep"))
+    a = load_file(str(saves / "served/model/model.safetensors"))
+    b = load_file(str(tmp_path / "rep/model.safetensors"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    p = subprocess.run([sys.executable, "-m", "sglang_mezo", "serve", "--model-path", tiny_model, "--port",
+                        str(free_port()), "--dtype", "float32", "--mezo-run-dir", str(run)],
+                       capture_output=True, text=True, timeout=300, cwd=str(ROOT))
+    assert p.returncode != 0 and "Sparse MeZO sparsity (--mezo-sparsity): journal 0.5, this server 0.0" in p.stderr, \
+        p.stderr[-2000:]

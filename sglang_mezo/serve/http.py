@@ -300,8 +300,8 @@ def _mezo_flags(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
     p.add_argument("--mezo-run-dir", metavar="DIR",
                    help="write-ahead journal DIR/trajectory.jsonl: every step and rollback is on disk before "
                         "it is acknowledged; a restart with the same DIR replays it before serving")
-    # the train flags --perturb / --rank, defined once in settings.py; lowrank runs a step's ±ε forwards as
-    # ordinary adapter requests beside user traffic, and serving pauses only for each in-place update
+    # the train flags --perturb / --rank / --sparsity, defined once in settings.py; lowrank runs a step's ±ε
+    # forwards as ordinary adapter requests beside user traffic, and serving pauses only for each in-place update
     for name in ("perturb", "rank", "sparsity"):
         f = FIELDS[name]
         p.add_argument(f"--mezo-{name}", default=f.default, metavar=name.upper(), help=f.metadata["help"])

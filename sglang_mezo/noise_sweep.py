@@ -1,7 +1,8 @@
 """`sweep`, the only weight-changing primitive: per chunk it draws z (noise.py) once and applies a list of
 in-place ops to the engine's tensor views, so restore + update cost one noise generation. It dispatches to
 the C kernel on CPU (noise_native.c, built with gcc on first use), the Triton kernel on CUDA, or the torch
-reference; all give the same bits.
+reference; all give the same bits. `sweep_masked` is its Sparse MeZO form (perturb/sparse.py): the torch
+reference arithmetic with z zeroed outside each matrix's small-magnitude weights.
 """
 from __future__ import annotations
 
@@ -55,6 +56,25 @@ def sweep(pieces: Iterable, seed: int, ops: Sequence, chunk: int = CHUNK, impl: 
             for s in range(0, flat.numel(), chunk):
                 n = min(chunk, flat.numel() - s)
                 apply(flat[s: s + n], gaussian_range(key, base + s, n, flat.device), ops, p.decays)
+
+
+def sweep_masked(pieces: Iterable, seeded_ops: Sequence[tuple[int, Sequence]], thresholds: dict,
+                 chunk: int = CHUNK) -> None:
+    """Sparse MeZO's sweep: for each (seed, ops) in order, `ops` applied with z(seed) zeroed wherever
+    |w| > thresholds[piece.hf_name], the mask taken per chunk from the weights as they are on entry
+    (before any of the ops). The torch reference arithmetic (`apply`) with z·m exact zeros, so each element
+    goes through the same operations, in the same order, as sequential `sweep`s of its unmasked z."""
+    for p in pieces:
+        q = thresholds[p.hf_name]
+        keys = [(stream_key(seed, p.hf_name), ops) for seed, ops in seeded_ops]
+        for flat, base in _ranges(p):
+            for s in range(0, flat.numel(), chunk):
+                n = min(chunk, flat.numel() - s)
+                part = flat[s: s + n]
+                off = part.float().abs() > q          # outside the mask: z is exactly 0 there
+                for key, ops in keys:
+                    z = gaussian_range(key, base + s, n, flat.device).masked_fill_(off, 0.0)
+                    apply(part, z, ops, p.decays)
 
 
 _DT = {torch.float32: 0, torch.bfloat16: 1, torch.float16: 2}

@@ -32,6 +32,7 @@ from .settings import HTTP_FIELDS
 
 # train options with no meaning here: the model, engine and weights are the replicas' own
 _FIXED = {"model": None, "backend": "sglang", "dtype": "float32", "trainable": None, "perturb": "layerwise",
+          "sparsity": 0.0,   # a replica's own (serve --mezo-sparsity): its header says, and all must agree
           "eval_every": 0, "keep": "best", "num_labels": None}
 # what a resumed run must share with the run it continues (its batches, seeds and steps depend on them)
 _SAME_RUN = sorted(HTTP_FIELDS | {"n_train", "n_dev", "n_test", "data_dir"})
@@ -146,6 +147,9 @@ class Coordinator:
                 raise ReplicaError(f"{r.name} perturbs {inf['perturb']!r}: data-parallel steps need the "
                                    "exact layer-wise perturbation (unset SGLANG_MEZO_PERTURB there)")
         for r, inf in zip(self.replicas[1:], infos[1:]):
+            a, b = (i["trajectory_header"].get("sparsity", 0.0) for i in (inf, ref))
+            if a != b:
+                raise ReplicaError(f"{r.name} runs --mezo-sparsity {a}, {r0.name} {b}: replicas must perturb alike")
             if (inf["tp_size"], inf["dtype"]) != (ref["tp_size"], ref["dtype"]):
                 raise ReplicaError(f"{r.name} runs tp {inf['tp_size']} / {inf['dtype']}, {r0.name} tp "
                                    f"{ref['tp_size']} / {ref['dtype']}: replicas must share one layout and dtype")
@@ -198,8 +202,9 @@ def train_replicas(cfg, urls: list[str], checksum_every: int = 10, timeout: floa
     given = {k: getattr(cfg, k) for k, default in _FIXED.items() if getattr(cfg, k) != default}
     if given:
         flags = ", ".join("--" + k.replace("_", "-") for k in sorted(given))
-        raise ValueError(f"--replicas does not take {flags}: the model, engine, dtype and trained weights "
-                         "are the replicas' own; evaluate a saved model with `sglang-mezo eval`")
+        raise ValueError(f"--replicas does not take {flags}: the model, engine, dtype, perturbation (serve "
+                         "--mezo-perturb/--mezo-sparsity) and trained weights are the replicas' own; evaluate a "
+                         "saved model with `sglang-mezo eval`")
     spec = tasks.get_task(cfg.task)
     # the family only; each replica resolves the objective name under its own policy (/mezo/losses)
     family = family_for(cfg, encoder=False, spec=spec, resolve=lambda name: "ce")

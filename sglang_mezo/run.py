@@ -160,14 +160,14 @@ def train(cfg: Settings) -> dict:
     if cfg.chat_template:
         data = {k: tasks.apply_chat_template(v, backend.tokenizer) for k, v in data.items()}
     pieces = trainable_pieces(cfg, backend)
-    weights = perturb.make(cfg.perturb, pieces, backend, rank=cfg.rank)
+    weights = perturb.make(cfg.perturb, pieces, backend, rank=cfg.rank, sparsity=cfg.sparsity)
     if isinstance(weights, perturb.LowRank) and weights.adapters is not None:  # the pool holds a step's adapters?
         weights.adapters.check(cfg.rank, per_step)
     family.prepare(backend, data)
     config = {**asdict(cfg), "model": model_path, "n_trainable": sum(p.view.numel() for p in pieces),
               "split_sizes": {k: len(v) for k, v in data.items()}, **family.files_extra(backend)}
     files = RunFiles(out, config, make_header(model_path, cfg.dtype, pieces, cfg.backend, cfg.perturb,
-                                              cfg.trainable, cfg.rank))
+                                              cfg.trainable, cfg.rank, cfg.sparsity))
     key = family.dev_metric
     history = {"step": [], "eval_step": [], "dev": [], **{k: [] for k, _ in family.panels}}
     records, best = [], {"step": 0, "value": -1.0}
@@ -203,7 +203,7 @@ def train(cfg: Settings) -> dict:
         if cfg.keep == "last":
             best.update(step=cfg.steps, value=final_dev[key])
         if best["step"] != cfg.steps:  # keep the best dev step (MeZO's load_best_model_at_end)
-            rewind(backend, pieces, cfg.perturb, records[: best["step"]], cfg.rank)
+            rewind(backend, pieces, cfg.perturb, records[: best["step"]], cfg.rank, sparsity=cfg.sparsity)
         test = family.evaluate(backend, data["test"])
         files.log({"step": best["step"], "split": "test", "best_step": best["step"], **test})
     finally:

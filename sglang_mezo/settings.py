@@ -20,9 +20,11 @@ class SettingError(ValueError):
     """A setting out of type or range; the message names the field and its flag."""
 
 
-def _s(default, help: str, lo=None, hi=None, choices=None, http=False, flag=None, required=False):
+def _s(default, help: str, lo=None, hi=None, choices=None, http=False, flag=None, required=False,
+       below=False):
+    """below=True: `hi` itself is out of range (lo <= v < hi)."""
     return field(default=default, metadata=dict(help=help, lo=lo, hi=hi, choices=choices, http=http,
-                                                 flag=flag, required=required))
+                                                 flag=flag, required=required, below=below))
 
 
 @dataclass(kw_only=True)
@@ -72,6 +74,9 @@ class Settings:
                       "(rank-R directions as LoRA adapters, all of a step's in one batch; needs --rank)",
                       choices=("layerwise", "inplace", "lowrank"))
     rank: int | None = _s(None, "with --perturb lowrank: rank of each direction", 1, 4096)
+    sparsity: float = _s(0.0, "Sparse MeZO: perturb only the weights of each matrix whose |w| is at most its "
+                         "s-quantile at the step's start, 0 <= s < 1 (0: dense; --perturb layerwise only)", 0, 1,
+                         below=True)
     keep: str = _s("best", "best (dev) step or last step as DIR/model")
     overwrite: bool = _s(False, "replace the files this job writes in a non-empty --out")
     progress: bool = _s(True, "no progress bar", flag="--progress-off")
@@ -94,6 +99,11 @@ class Settings:
             raise SettingError("'perturb' (--perturb) lowrank needs 'rank' (--rank R)")
         if self.perturb != "lowrank" and self.rank is not None:
             raise SettingError(f"'rank' (--rank) is for --perturb lowrank (got --perturb {self.perturb})")
+        if self.sparsity and self.perturb != "layerwise":
+            why = ("in-place perturbation overwrites the start weights the mask is chosen from"
+                   if self.perturb == "inplace" else "low-rank directions are not masked")
+            raise SettingError(f"'sparsity' (--sparsity) needs --perturb layerwise ({why}; got --perturb "
+                               f"{self.perturb})")
 
     @classmethod
     def from_json(cls, d: dict, **extra) -> "Settings":
@@ -133,6 +143,8 @@ def _check(f, v):
     if isinstance(v, float) and not math.isfinite(v):
         raise SettingError(f"{_name(f)} must be finite, got {v!r}")
     v = float(v) if kind == "float" and abs(v) < 1e300 else v   # 2 and "2" read alike: 2.0
+    if m["below"] and not m["lo"] <= v < m["hi"]:
+        raise SettingError(f"{_name(f)} must be at least {m['lo']:g} and below {m['hi']:g}, got {_short(v)}")
     if not m["lo"] <= v <= m["hi"]:
         raise SettingError(f"{_name(f)} must be between {m['lo']:g} and {m['hi']:g}, got {_short(v)}")
     return v

@@ -28,9 +28,9 @@ class TrajectoryError(ValueError):
 
 
 def make_header(base_model: str, dtype: str, pieces, backend: str, perturb: str, trainable=None,
-                rank: int | None = None) -> dict:
+                rank: int | None = None, sparsity: float = 0.0) -> dict:
     """What a replay needs besides the steps: base model, dtype, the trained HF tensors, noise, perturb mode
-    (and, for lowrank, the rank of every direction)."""
+    (and, for lowrank, the rank of every direction; for Sparse MeZO, the sparsity; absent: dense)."""
     from .noise import VERSION
 
     head = {"base_model": base_model, "dtype": dtype, "trainable": trainable,
@@ -38,6 +38,8 @@ def make_header(base_model: str, dtype: str, pieces, backend: str, perturb: str,
             "backend": backend, "perturb": perturb}
     if perturb == "lowrank":
         head["rank"] = rank
+    if sparsity:
+        head["sparsity"] = sparsity
     return head
 
 
@@ -213,13 +215,13 @@ def checkpoint_pieces(model_path: str, names: list[str], dtype: torch.dtype) -> 
 
 
 def rewind(backend, pieces: list[Piece], perturb: str, records, rank: int | None = None,
-           reload: bool = True) -> None:
+           reload: bool = True, sparsity: float = 0.0) -> None:
     """The engine's weights at the end of `records`, without a second copy of the model: the base
     weights back in place, then the records replayed (best dev step, rollback). reload=False: the engine
     holds the base weights already (a server restoring its journal at start)."""
     if reload:
         backend.load_base()
-    redo = make(perturb, pieces, backend, replay=True, rank=rank)
+    redo = make(perturb, pieces, backend, replay=True, rank=rank, sparsity=sparsity)
     for rec in records:
         replay_step(redo, rec)
 
@@ -230,7 +232,8 @@ def replay(base_model: str, trajectory: str | Path, upto: int | None = None) -> 
 
     header, records = read(trajectory)
     pieces = checkpoint_pieces(base_model, header["trainable_names"], hf_dtype(header["dtype"]))
-    weights = make(header.get("perturb", "inplace"), pieces, replay=True, rank=header.get("rank"))
+    weights = make(header.get("perturb", "inplace"), pieces, replay=True, rank=header.get("rank"),
+                   sparsity=header.get("sparsity", 0.0))
     for rec in records:
         if upto is not None and rec.step > upto:
             break

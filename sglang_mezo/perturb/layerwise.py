@@ -118,7 +118,11 @@ class Layerwise(OneSeedAtATime):
         restore = ExitStack()
         self._open = (window, restore)
         restore.enter_context(self._saved(window.pieces, "window"))
-        sweep(window.pieces, seed, [Add(scale)])
+        self._perturb(window.pieces, seed, scale)
+
+    def _perturb(self, pieces, seed: int, scale: float) -> None:
+        """pieces += scale·z(seed), on weights at their step-start values (sparse.py masks z here)."""
+        sweep(pieces, seed, [Add(scale)])
 
     def _exit(self) -> None:
         if self._open is not None:
@@ -137,7 +141,7 @@ class Layerwise(OneSeedAtATime):
             stack.callback(self.on_change)
             stack.callback(self._exit)  # a forward that raised inside a window: its weights go back too
             stack.enter_context(self._saved(self.outside, "forward"))
-            sweep(self.outside, seed, [Add(scale)])
+            self._perturb(self.outside, seed, scale)
             self.on_change()
             return finite(loss())
 

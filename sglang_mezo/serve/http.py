@@ -323,9 +323,9 @@ def _mezo_flags(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
                    help=f"with --mezo-perturb lowrank: prompt tokens of a step's requests the scheduler admits "
                         f"per batch, and only while no user request waits or runs (default "
                         f"{PIECE_TOKENS_DEFAULT}): a user request that arrives waits for one such piece at most")
-    # the train flags --perturb / --rank, defined once in settings.py; lowrank runs a step's ±ε forwards as
-    # ordinary adapter requests beside user traffic, and serving pauses only for each in-place update
-    for name in ("perturb", "rank"):
+    # the train flags --perturb / --rank / --sparsity, defined once in settings.py; lowrank runs a step's ±ε
+    # forwards as ordinary adapter requests beside user traffic, and serving pauses only for each in-place update
+    for name in ("perturb", "rank", "sparsity"):
         f = FIELDS[name]
         p.add_argument(f"--mezo-{name}", default=f.default, metavar=name.upper(), help=f.metadata["help"])
     if "-h" in argv or "--help" in argv:
@@ -366,12 +366,14 @@ def _lowrank_flags(ns: argparse.Namespace, argv: list[str]) -> list[str]:
     try:  # checked by Settings, as `train --perturb/--rank` are (its messages name the train flags)
         rank = int(ns.mezo_rank) if ns.mezo_rank is not None and ns.mezo_rank.lstrip("-").isdigit() else \
             ns.mezo_rank  # a non-number is left as typed: Settings refuses it as it refuses JSON
-        Settings(perturb=ns.mezo_perturb, rank=rank)
+        sparsity = _number(ns.mezo_sparsity)
+        Settings(perturb=ns.mezo_perturb, rank=rank, sparsity=sparsity)
     except SettingError as e:
-        raise SystemExit(f"sglang-mezo serve: --mezo-perturb {ns.mezo_perturb} --mezo-rank {ns.mezo_rank}: "
-                         f"{e}") from None
-    ns.mezo_rank = rank
+        raise SystemExit(f"sglang-mezo serve: --mezo-perturb {ns.mezo_perturb} --mezo-rank {ns.mezo_rank} "
+                         f"--mezo-sparsity {ns.mezo_sparsity}: {e}") from None
+    ns.mezo_rank, ns.mezo_sparsity = rank, sparsity
     os.environ["SGLANG_MEZO_PERTURB"] = ns.mezo_perturb
+    os.environ["SGLANG_MEZO_SPARSITY"] = repr(float(sparsity))
     try:
         chunk = schedule.flag_value(argv, "--chunked-prefill-size")
         if chunk is not None and chunk != "-1":  # -1: SGLang's "off"; the context is checked at launch
@@ -423,6 +425,14 @@ def _check_sizes(ns, server_args) -> None:
         raise SystemExit(f"sglang-mezo serve: {e}") from None
 
 
+def _number(v):
+    """A flag's text as a float where it reads as one; else left as typed (Settings refuses it as JSON)."""
+    try:
+        return float(v)
+    except (TypeError, ValueError):
+        return v
+
+
 def _lowrank_limits(ns, server_args):
     """(rank, tp_size, max_lora_rank, max_loras_per_batch), checked at launch; None when full-rank."""
     _check_sizes(ns, server_args)
@@ -448,6 +458,9 @@ def _check_dp(ns, server_args) -> None:
     ours is refused here, by name."""
     if not ns.mezo_rpc_timeout > 0:
         raise SystemExit(f"sglang-mezo serve: --mezo-rpc-timeout must be > 0 seconds, got {ns.mezo_rpc_timeout}")
+    if ns.mezo_sparsity and server_args.tp_size > 1:
+        raise SystemExit(f"sglang-mezo serve: --mezo-sparsity cannot run with --tp-size {server_args.tp_size}: "
+                         "a rank's shard is not the whole matrix, so its quantile would depend on the layout")
     if server_args.dp_size == 1:
         return
     if ns.mezo_perturb == "lowrank":
@@ -507,7 +520,7 @@ def main(argv: list[str] | None = None) -> int:
         from ..noise import VERSION
         from .journal import JournalError, prepare_launch
 
-        expected = {"noise": VERSION, "perturb": ns.mezo_perturb}
+        expected = {"noise": VERSION, "perturb": ns.mezo_perturb, "sparsity": ns.mezo_sparsity}
         if ns.mezo_perturb == "lowrank":
             expected["rank"] = ns.mezo_rank
         if server_args.dtype in ("float32", "bfloat16", "float16"):  # "auto": the schedulers check it

@@ -31,7 +31,8 @@ log = logging.getLogger("sglang_mezo.serve")
 # what must match for a journal to be replayed onto this server, and how a mismatch is named
 PINNED = {"base_model_sha256": "base model (content sha256)", "dtype": "dtype", "noise": "noise version",
           "perturb": "perturbation mode (--mezo-perturb)", "rank": "low-rank rank (--mezo-rank)",
-          "trainable_names": "trained tensors"}
+          "sparsity": "Sparse MeZO sparsity (--mezo-sparsity)", "trainable_names": "trained tensors"}
+ABSENT = {"sparsity": 0.0}   # a header without the key holds this value (dense runs write no sparsity)
 
 
 class JournalError(RuntimeError):
@@ -58,6 +59,8 @@ def mismatches(found: dict, expected: dict) -> list[str]:
     """Each pinned fact of `expected` that the journal's header `found` disagrees on, named."""
     out = []
     for key, what in PINNED.items():
+        if key in ABSENT:   # compared always: a dense server must not replay a sparse journal, nor back
+            found, expected = {key: ABSENT[key], **found}, {key: ABSENT[key], **expected}
         if key in expected and found.get(key) != expected[key]:
             a, b = found.get(key), expected[key]
             if key == "trainable_names":

@@ -45,16 +45,17 @@ TRAINING_OPS = ("step", "losses", "apply", "lowrank_plan", "lowrank_apply", "if_
 class ServedTrainer:
     def __init__(self, backend, pause, resume, flush, perturb_mode: str = "layerwise",
                  policy: Policy | None = None, rank: int | None = None, base_sha256: str | None = None,
-                 dp_rank: int = 0, probe=None):
+                 dp_rank: int = 0, probe=None, sparsity: float = 0.0):
         self.backend, self._pause, self._resume, self._flush = backend, pause, resume, flush
         self.probe = probe   # load.LoadProbe of this scheduler (None: no load figures, never idle-gated)
-        self.perturb, self.rank = perturb_mode, rank
+        self.perturb, self.rank, self.sparsity = perturb_mode, rank, sparsity   # sparsity > 0: Sparse MeZO
         self.policy = policy or Policy()   # restricted under `sglang-mezo serve` (requests over HTTP)
         self.encoder = isinstance(backend, EncoderBackend)
         self.pieces = select_trainable(backend.pieces, None)
         if perturb_mode == "lowrank":  # LoRA-adaptable matrices only; here only updates land (lowrank.py)
             self.pieces = perturb.lowrank.adaptable(self.pieces)[0]
-        self.weights = perturb.make(perturb_mode, self.pieces, backend, replay=perturb_mode == "lowrank", rank=rank)
+        self.weights = perturb.make(perturb_mode, self.pieces, backend, replay=perturb_mode == "lowrank", rank=rank,
+                                    sparsity=sparsity)
         self.records: list[StepRecord] = []
         self._data: dict = {}
         self.base_sha256 = base_sha256  # the base model's content hash (serve --mezo-run-dir), for headers
@@ -203,7 +204,7 @@ class ServedTrainer:
         if k:  # write-ahead: once journaled, a restart restores the rolled-back weights even if we die below
             self._journaled(self.journal and (lambda: self.journal.rollback(len(keep))), "rollback")
         with self.exclusive():
-            trajectory.rewind(self.backend, self.pieces, self.perturb, keep, self.rank)
+            trajectory.rewind(self.backend, self.pieces, self.perturb, keep, self.rank, sparsity=self.sparsity)
         self.records = keep
         return {"steps": len(keep), "rolled_back": k}
 
@@ -237,7 +238,7 @@ class ServedTrainer:
     def header(self, backend_name: str) -> dict:
         dtype = str(self.backend.dtype).removeprefix("torch.")
         head = trajectory.make_header(self.backend.model_path, dtype, self.pieces, backend_name, self.perturb,
-                                      rank=self.rank)
+                                      rank=self.rank, sparsity=self.sparsity)
         head["tp_size"] = self.backend.tp_size  # informational: a replay is the same under any TP layout
         if self.base_sha256:
             head["base_model_sha256"] = self.base_sha256
@@ -258,7 +259,8 @@ class ServedTrainer:
         if t is None:
             log.warning("MeZO journal %s: new (no steps to restore)", self.journal.path)
             return
-        trajectory.rewind(self.backend, self.pieces, self.perturb, t.records, self.rank, reload=False)
+        trajectory.rewind(self.backend, self.pieces, self.perturb, t.records, self.rank, reload=False,
+                          sparsity=self.sparsity)
         self.records = list(t.records)
         self._drawn = Counter(tuple(r.extra["sample"]) for r in t.taken if "sample" in r.extra)
         log.warning("MeZO journal %s: restored %d steps (%d journaled, %d rollbacks%s) in %.1f s; the next "
@@ -283,7 +285,8 @@ class ServedTrainer:
             self._journaled(self.journal and (lambda: self.journal.step(rec)), f"step {rec.step}")
         except RequestError:
             with self.exclusive():
-                trajectory.rewind(self.backend, self.pieces, self.perturb, self.records, self.rank)
+                trajectory.rewind(self.backend, self.pieces, self.perturb, self.records, self.rank,
+                                  sparsity=self.sparsity)
             raise
         self.records.append(rec)
 
@@ -333,8 +336,8 @@ class ServedTrainer:
         """A step another process measured (the coordinator, DP rank 0), applied as replay applies it."""
         self._next(a.record)
         with self.exclusive():
-            replay_step(perturb.make(self.perturb, self.pieces, self.backend, replay=True, rank=self.rank),
-                        a.record)
+            replay_step(perturb.make(self.perturb, self.pieces, self.backend, replay=True, rank=self.rank,
+                                     sparsity=self.sparsity), a.record)
         self._commit(a.record)
         return {"step": a.record.step, **({"weights_sha256": self.checksum()} if a.checksum else {})}
 

@@ -135,6 +135,7 @@ class SchedulerSide:
                 flush=flush,
                 perturb_mode=os.environ.get("SGLANG_MEZO_PERTURB", "layerwise"),
                 rank=int(os.environ["SGLANG_MEZO_RANK"]) if os.environ.get("SGLANG_MEZO_RANK") else None,
+                sparsity=float(os.environ.get("SGLANG_MEZO_SPARSITY") or 0.0),
                 policy=Policy.from_env(),  # set by `sglang-mezo serve`: requests come over HTTP
                 base_sha256=os.environ.get(BASE_SHA256_ENV),
                 dp_rank=get_parallel().dp_rank or 0,  # --dp-size N: rank 0 writes the journal

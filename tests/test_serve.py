@@ -197,6 +197,7 @@ def test_idle_schedule_starts_no_step_while_users_are_served(server):
     assert s["error"] is None and s["done"] == 2 and s["steps"] == before + 2, s
     start = s["load_at_start"]
     assert start["user_waiting"] == 0 and start["user_running"] == 0 and start["quiet_s"] >= 1.0, start
+    assert start["since_idle_op_s"] >= 1.0, start  # the second step waited a quiet time after the first
     assert s["steps_per_min"] > 0 and 0 < s["train_engine_fraction"] <= 1, s
     assert s["user_requests"] >= 1 and s["user_queue_wait_ms"]["n"] >= 1, s
     post_ok(server, "/mezo/rollback", {"steps": 2})

@@ -64,6 +64,7 @@ class ServedTrainer:
         self._sampled = None            # the task sampler a step drew its batch from (journaled in `extra`)
         self._drawn: Counter = Counter()  # batches each sampler drew before a restart (skipped on resume)
         self._planned: dict = {}        # low-rank: step number -> its sampler, until its update lands
+        self._idle_op_end = float("-inf")  # when the last idle-gated op finished (its quiet time re-arms)
 
     def handle(self, op: str, args) -> dict:
         if op not in OPS:
@@ -391,11 +392,19 @@ def _load(self: ServedTrainer, a: LoadArgs) -> dict:
 def _if_idle(self: ServedTrainer, a: IfIdleArgs) -> dict:
     """The op only if no user request is waiting or running and none was for `quiet_s` ({**its result,
     "load_at_start"}), else {"busy": load}: the caller waits and asks again. On the scheduler's thread, so
-    no user request can be admitted between this check and the op."""
+    no user request can be admitted between this check and the op. The quiet time counts from the last
+    user request or the end of the last idle-gated op, whichever is later: a step started in a gap in
+    traffic is not followed at once by another that the next request would have to wait for."""
     load = _load(self, LoadArgs())
+    since = time.perf_counter() - self._idle_op_end
+    load["since_idle_op_s"] = since if since != float("inf") else None   # None: no idle-gated op yet
+    load["quiet_s"] = min(load["quiet_s"], since)
     if load["user_waiting"] or load["user_running"] or load["quiet_s"] < a.quiet_s:
         return {"busy": load}
-    return {**OPS[a.op](self, a.args), "load_at_start": load}
+    try:
+        return {**OPS[a.op](self, a.args), "load_at_start": load}
+    finally:
+        self._idle_op_end = time.perf_counter()
 
 
 OPS = {"step": ServedTrainer.step, "rollback": ServedTrainer.rollback, "save": ServedTrainer.save,

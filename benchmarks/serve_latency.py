@@ -160,7 +160,7 @@ def step_costs(model, args):
                                                              "seed": 7 + i}, timeout=600)
                 r.raise_for_status()
                 j = r.json()
-                reps.append((time.perf_counter() - t, j["time_s"], sum(j["forward_s"]), len(j["forward_s"])))
+                reps.append((time.perf_counter() - t, j["time_s"], sum(j["forwards_s"]), len(j["forwards_s"])))
             reps = reps[1:]  # the first step of a size warms up
             med = lambda k: statistics.median(x[k] for x in reps)  # noqa: E731
             out.append({"batch_size": b, "http_s": med(0), "step_s": med(1), "forwards_s": med(2),

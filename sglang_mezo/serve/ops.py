@@ -196,7 +196,7 @@ class ServedTrainer:
         self._commit(rec)
         return {"step": rec.step, "loss_plus": rec.loss_plus, "loss_minus": rec.loss_minus,
                 "projected_grad": rec.grads, "seeds": rec.seeds, "time_s": time.perf_counter() - t0,
-                "forward_s": fwd, **m.summary(), "record": asdict(rec)}   # record: what other DP ranks apply (dp.py)
+                "forwards_s": fwd, **m.summary(), "record": asdict(rec)}   # record: what other DP ranks apply (dp.py)
 
     def rollback(self, k: int) -> dict:
         if k > len(self.records):

@@ -60,6 +60,7 @@ def engine_pieces(model: torch.nn.Module, hf_shapes: dict[str, tuple[int, ...]],
         if skip and name.endswith(skip):
             continue
         module = model.get_submodule(name.rsplit(".", 1)[0]) if "." in name else model
+        module = getattr(module, "base_layer", module)  # a LoRA wrapper: its layer holds the layout
         if name in hf_shapes:
             piece = _one_to_one(name, hf_shapes[name], param, module)
             if piece is not None:  # None: this rank holds only padding of it

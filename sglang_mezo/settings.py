@@ -72,6 +72,9 @@ class Settings:
                       "(rank-R directions as LoRA adapters, all of a step's in one batch; needs --rank)",
                       choices=("layerwise", "inplace", "lowrank"))
     rank: int | None = _s(None, "with --perturb lowrank: rank of each direction", 1, 4096)
+    lowrank_targets: str | None = _s(None, "with --perturb lowrank: the matrices directions cover: all (default: "
+                                     "the q/k/v/o/gate/up/down projections, embed_tokens and lm_head) | "
+                                     "projections | module names, comma-separated")
     keep: str = _s("best", "best (dev) step or last step as DIR/model")
     overwrite: bool = _s(False, "replace the files this job writes in a non-empty --out")
     progress: bool = _s(True, "no progress bar", flag="--progress-off")
@@ -94,6 +97,16 @@ class Settings:
             raise SettingError("'perturb' (--perturb) lowrank needs 'rank' (--rank R)")
         if self.perturb != "lowrank" and self.rank is not None:
             raise SettingError(f"'rank' (--rank) is for --perturb lowrank (got --perturb {self.perturb})")
+        if self.perturb != "lowrank" and self.lowrank_targets is not None:
+            raise SettingError("'lowrank_targets' (--lowrank-targets) is for --perturb lowrank (got --perturb "
+                               f"{self.perturb})")
+        if self.lowrank_targets is not None:
+            from .backends.lora import resolve_targets
+
+            try:
+                resolve_targets(self.lowrank_targets)
+            except ValueError as e:
+                raise SettingError(f"'lowrank_targets' {e}") from None
 
     @classmethod
     def from_json(cls, d: dict, **extra) -> "Settings":

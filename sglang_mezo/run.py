@@ -22,7 +22,7 @@ from pathlib import Path
 from . import perturb, tasks
 from .backends import BACKENDS, BackendError, make_backend, select_trainable
 from .backends.base import hf_dtype
-from .backends.layout import tied_embeddings
+from .backends.layout import checkpoint_shapes, tied_embeddings
 from .backends.lora import engine_targets, resolve_targets
 from .export import save_model
 from .mezo import mezo_step, points
@@ -119,18 +119,26 @@ def _family(cfg: Settings):
     return spec, family, model
 
 
+def lowrank_targets(cfg: Settings, model_path: str) -> list[str]:
+    """SGLang's --lora-target-modules for --lowrank-targets, from the checkpoint (before the engine starts):
+    a module named explicitly that the model lacks is refused."""
+    asked, tied = resolve_targets(cfg.lowrank_targets), tied_embeddings(model_path)
+    shapes = checkpoint_shapes(model_path)
+    have = {perturb.lowrank.module(n) for n, sh in shapes.items() if n.endswith(".weight") and len(sh) == 2}
+    lacks = sorted(set(asked) - have - ({"lm_head"} if tied and "embed_tokens" in have else set()))
+    if lacks and cfg.lowrank_targets not in (None, "all", "projections"):
+        raise BackendError(f"--lowrank-targets {cfg.lowrank_targets}: this model has no {', '.join(lacks)} "
+                           "matrix for SGLang's LoRA to adapt")
+    return engine_targets(asked, tied)
+
+
 def trainable_pieces(cfg: Settings, backend):
     """--trainable's pieces; in lowrank mode only the matrices of --lowrank-targets, and the run says what
     stays frozen. A target the model lacks, or a rank above a target's smaller dimension: refused here."""
     pieces = select_trainable(backend.pieces, cfg.trainable)
     if cfg.perturb == "lowrank":
-        asked, tied = resolve_targets(cfg.lowrank_targets), backend.tied_embeddings
-        targets = engine_targets(asked, tied)   # tied: lm_head and embed_tokens name the same matrix
-        have = {perturb.lowrank.module(p.hf_name) for p in perturb.lowrank.adaptable(backend.pieces)[0]}
-        lacks = sorted(set(asked) - have - ({"lm_head"} if tied and "embed_tokens" in have else set()))
-        if lacks and cfg.lowrank_targets not in (None, "all", "projections"):
-            raise BackendError(f"--lowrank-targets {cfg.lowrank_targets}: this model has no {', '.join(lacks)} "
-                               "matrix for SGLang's LoRA to adapt")
+        tied = backend.tied_embeddings
+        targets = engine_targets(resolve_targets(cfg.lowrank_targets), tied)  # tied: both name one matrix
         pieces, frozen = perturb.lowrank.adaptable(pieces, targets)
         if not pieces:
             raise BackendError("--perturb lowrank: no trainable matrix is a LoRA target of --lowrank-targets "
@@ -168,9 +176,10 @@ def train(cfg: Settings) -> dict:
     data = tasks.splits(spec, k_shot=cfg.k_shot, seed=cfg.seed, n_train=cfg.n_train, n_dev=cfg.n_dev,
                         n_test=cfg.n_test, data_dir=cfg.data_dir)
     per_step, lora = len(points([0] * cfg.n_queries, cfg)), {}   # the points (adapters) of one step
+    targets = lowrank_targets(cfg, model_path) if cfg.perturb == "lowrank" else None
     if cfg.perturb == "lowrank" and cfg.backend == "sglang":  # the LoRA pool: one step's adapters + the base
-        lora = {"lora": {"max_lora_rank": cfg.rank, "max_loras_per_batch": per_step + 1, "lora_target_modules":
-                         engine_targets(resolve_targets(cfg.lowrank_targets), tied_embeddings(model_path))}}
+        lora = {"lora": {"max_lora_rank": cfg.rank, "max_loras_per_batch": per_step + 1,
+                         "lora_target_modules": targets}}
     backend = make_backend(cfg.backend, model_path, cfg.dtype, **lora)
     if cfg.chat_template:
         data = {k: tasks.apply_chat_template(v, backend.tokenizer) for k, v in data.items()}

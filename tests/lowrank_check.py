@@ -75,6 +75,9 @@ def main(model: str, out: str) -> dict:
                 res[f"{est}_forwards_per_step"] = forwards["n"] / 3
         ls = lambda rs: [v for r in rs for v in r.loss_plus + r.loss_minus]  # noqa: E731
         res[f"{est}_loss_gap"] = max(abs(a - c) for a, c in zip(ls(recs["sgl"]), ls(recs["hf"])))
+        res[f"{est}_loss_gap_by_step"] = [max(abs(a - c) for a, c in zip(ls([x]), ls([y])))
+                                          for x, y in zip(recs["sgl"], recs["hf"])]
+        res[f"{est}_grads"] = [r.grads for r in recs["hf"]]
         res[f"{est}_losses_move"] = len({round(v, 9) for v in ls(recs["sgl"])})
         # 3. replay of the trajectory (checkpoint tensors, no engine) equals the trained engine, bit for bit
         path = Path(out) / f"{est}.jsonl"

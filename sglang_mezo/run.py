@@ -22,6 +22,8 @@ from pathlib import Path
 from . import perturb, tasks
 from .backends import BACKENDS, BackendError, make_backend, select_trainable
 from .backends.base import hf_dtype
+from .backends.layout import checkpoint_shapes, tied_embeddings
+from .backends.lora import engine_targets, resolve_targets
 from .export import save_model
 from .mezo import mezo_step, points
 from .models import check_architecture, is_encoder_model, resolve_encoder, resolve_model
@@ -117,17 +119,37 @@ def _family(cfg: Settings):
     return spec, family, model
 
 
+def lowrank_targets(cfg: Settings, model_path: str) -> list[str]:
+    """SGLang's --lora-target-modules for --lowrank-targets, from the checkpoint (before the engine starts):
+    a module named explicitly that the model lacks is refused."""
+    asked, tied = resolve_targets(cfg.lowrank_targets), tied_embeddings(model_path)
+    shapes = checkpoint_shapes(model_path)
+    have = {perturb.lowrank.module(n) for n, sh in shapes.items() if n.endswith(".weight") and len(sh) == 2}
+    lacks = sorted(set(asked) - have - ({"lm_head"} if tied and "embed_tokens" in have else set()))
+    if lacks and cfg.lowrank_targets not in (None, "all", "projections"):
+        raise BackendError(f"--lowrank-targets {cfg.lowrank_targets}: this model has no {', '.join(lacks)} "
+                           "matrix for SGLang's LoRA to adapt")
+    return engine_targets(asked, tied)
+
+
 def trainable_pieces(cfg: Settings, backend):
-    """--trainable's pieces; in lowrank mode only LoRA-adaptable matrices, and the run says what stays frozen."""
+    """--trainable's pieces; in lowrank mode only the matrices of --lowrank-targets, and the run says what
+    stays frozen. A target the model lacks, or a rank above a target's smaller dimension: refused here."""
     pieces = select_trainable(backend.pieces, cfg.trainable)
     if cfg.perturb == "lowrank":
-        pieces, frozen = perturb.lowrank.adaptable(pieces)
+        tied = backend.tied_embeddings
+        targets = engine_targets(resolve_targets(cfg.lowrank_targets), tied)  # tied: both name one matrix
+        pieces, frozen = perturb.lowrank.adaptable(pieces, targets)
         if not pieces:
-            raise BackendError("--perturb lowrank: no trainable matrix is a LoRA target "
-                               f"({', '.join(perturb.lowrank.TARGETS)})")
+            raise BackendError("--perturb lowrank: no trainable matrix is a LoRA target of --lowrank-targets "
+                               f"({', '.join(targets)})")
+        perturb.lowrank.check_rank(cfg.rank, pieces)
+        tied = " (tied: one direction for the lookup and the logits)" if tied and any(
+            perturb.lowrank.module(p.hf_name) == "embed_tokens" for p in pieces) else ""
         print(f"sglang-mezo: --perturb lowrank --rank {cfg.rank}: training {len(pieces)} matrices "
-              f"({', '.join(perturb.lowrank.TARGETS)}); frozen (SGLang's LoRA cannot adapt them): "
-              f"{len(frozen)} tensors, e.g. {', '.join(frozen[:3])}", file=sys.stderr)
+              f"({', '.join(sorted({perturb.lowrank.module(p.hf_name) for p in pieces}))}){tied}; frozen: "
+              f"{len(frozen)} tensors (norms: a LoRA adapter holds matrices only), e.g. {', '.join(frozen[:3])}",
+              file=sys.stderr)
     return pieces
 
 
@@ -154,8 +176,10 @@ def train(cfg: Settings) -> dict:
     data = tasks.splits(spec, k_shot=cfg.k_shot, seed=cfg.seed, n_train=cfg.n_train, n_dev=cfg.n_dev,
                         n_test=cfg.n_test, data_dir=cfg.data_dir)
     per_step, lora = len(points([0] * cfg.n_queries, cfg)), {}   # the points (adapters) of one step
+    targets = lowrank_targets(cfg, model_path) if cfg.perturb == "lowrank" else None
     if cfg.perturb == "lowrank" and cfg.backend == "sglang":  # the LoRA pool: one step's adapters + the base
-        lora = {"lora": {"max_lora_rank": cfg.rank, "max_loras_per_batch": per_step + 1}}
+        lora = {"lora": {"max_lora_rank": cfg.rank, "max_loras_per_batch": per_step + 1,
+                         "lora_target_modules": targets}}
     backend = make_backend(cfg.backend, model_path, cfg.dtype, **lora)
     if cfg.chat_template:
         data = {k: tasks.apply_chat_template(v, backend.tokenizer) for k, v in data.items()}

@@ -77,6 +77,9 @@ class Settings:
     sparsity: float = _s(0.0, "Sparse MeZO: perturb only the weights of each matrix whose |w| is at most its "
                          "s-quantile at the step's start, 0 <= s < 1 (0: dense; --perturb layerwise only)", 0, 1,
                          below=True)
+    lowrank_targets: str | None = _s(None, "with --perturb lowrank: the matrices directions cover: all (default: "
+                                     "the q/k/v/o/gate/up/down projections, embed_tokens and lm_head) | "
+                                     "projections | module names, comma-separated")
     keep: str = _s("best", "best (dev) step or last step as DIR/model")
     overwrite: bool = _s(False, "replace the files this job writes in a non-empty --out")
     progress: bool = _s(True, "no progress bar", flag="--progress-off")
@@ -104,6 +107,16 @@ class Settings:
                    if self.perturb == "inplace" else "low-rank directions are not masked")
             raise SettingError(f"'sparsity' (--sparsity) needs --perturb layerwise ({why}; got --perturb "
                                f"{self.perturb})")
+        if self.perturb != "lowrank" and self.lowrank_targets is not None:
+            raise SettingError("'lowrank_targets' (--lowrank-targets) is for --perturb lowrank (got --perturb "
+                               f"{self.perturb})")
+        if self.lowrank_targets is not None:
+            from .backends.lora import resolve_targets
+
+            try:
+                resolve_targets(self.lowrank_targets)
+            except ValueError as e:
+                raise SettingError(f"'lowrank_targets' {e}") from None
 
     @classmethod
     def from_json(cls, d: dict, **extra) -> "Settings":

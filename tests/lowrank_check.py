@@ -17,6 +17,7 @@ RANK, EPS = 4, 1e-2
 
 def main(model: str, out: str) -> dict:
     cpu_shims.install()
+    Path(out).mkdir(parents=True, exist_ok=True)
     from engine_check import requests
 
     from sglang_mezo import trajectory
@@ -39,11 +40,14 @@ def main(model: str, out: str) -> dict:
     got: dict = {}
     for name, w, b in (("sgl", ws, sgl), ("hf", wh, hf)):
         seen = []
-        w.losses_at([(7, 0.5), (7, -0.5), (7, 0.0)], lambda b=b, seen=seen: seen.append(flat(b.score(reqs))) or 0.0)
+        w.losses_at([(7, 0.05), (7, -0.05), (7, 0.0)], lambda b=b, seen=seen: seen.append(flat(b.score(reqs))) or 0.0)
         got[name] = seen
     res["adapter_vs_merged"] = max(max(abs(a - c) for a, c in zip(x, y)) for x, y in zip(got["sgl"], got["hf"]))
     res["adapter_vs_base"] = max(abs(a - c) for a, c in zip(got["sgl"][0], got["sgl"][2]))
     res["frozen"] = ws.frozen
+    res["tied"] = sgl.tied_embeddings
+    res["adapter_modules"] = lowrank.adapter_config(ws.pieces, RANK, ws.tied)["target_modules"]
+    res["trained"] = sorted({p.hf_name for p in ws.pieces})
 
     # 2. steps through SGLang's adapters (n directions, one forward) equal the same steps on hf merged;
     # the same batch every step, so an adapter (or KV) reused from an earlier step would show as a gap
@@ -71,6 +75,9 @@ def main(model: str, out: str) -> dict:
                 res[f"{est}_forwards_per_step"] = forwards["n"] / 3
         ls = lambda rs: [v for r in rs for v in r.loss_plus + r.loss_minus]  # noqa: E731
         res[f"{est}_loss_gap"] = max(abs(a - c) for a, c in zip(ls(recs["sgl"]), ls(recs["hf"])))
+        res[f"{est}_loss_gap_by_step"] = [max(abs(a - c) for a, c in zip(ls([x]), ls([y])))
+                                          for x, y in zip(recs["sgl"], recs["hf"])]
+        res[f"{est}_grads"] = [r.grads for r in recs["hf"]]
         res[f"{est}_losses_move"] = len({round(v, 9) for v in ls(recs["sgl"])})
         # 3. replay of the trajectory (checkpoint tensors, no engine) equals the trained engine, bit for bit
         path = Path(out) / f"{est}.jsonl"
@@ -80,6 +87,8 @@ def main(model: str, out: str) -> dict:
         trained = sgl.hf_state_dict()
         res[f"{est}_replay_mismatch"] = sum(int(not torch.equal(v, trained[k])) for k, v in replayed.items())
         res[f"{est}_replay_tensors"] = len(replayed)
+        hf_w = hf.hf_state_dict()  # the updates landed alike (the losses, hence g, agree to ~1e-6)
+        res[f"{est}_weights_gap"] = max((trained[k] - hf_w[k]).abs().max().item() for k in trained)
         base = hf.__class__(model).hf_state_dict() if est == "two_point" else None
         if base is not None:
             res["changed_tensors"] = sum(int(not torch.equal(trained[k], base[k])) for k in trained)

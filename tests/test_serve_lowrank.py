@@ -1,5 +1,6 @@
 """`sglang-mezo serve --mezo-perturb lowrank`: the ±ε forwards are ordinary requests with adapter ids,
 scheduled beside user traffic; serving pauses only for each in-place update. Real server, tiny Llama."""
+import json
 import time
 
 import pytest
@@ -130,6 +131,8 @@ def test_users_never_see_perturbed_weights_and_wait_at_most_one_update(server, t
     assert max(p[2] for p in probes) <= bound, ([round(p[2], 3) for p in probes], prog, idle)
     post_ok(server, "/mezo/save", {"path": "lowrank_run"})
     traj = save_dir / "lowrank_run" / "trajectory.jsonl"
+    names = json.loads(traj.read_text().splitlines()[0])["trainable_names"]
+    assert {"model.embed_tokens.weight", "lm_head.weight"} <= set(names)  # the served steps cover them
     tok = AutoTokenizer.from_pretrained(tiny_model)
     ids = torch.tensor([tok.encode(PROBE["text"])])
     cache = {}
@@ -216,3 +219,49 @@ def test_sizes_beyond_the_context_and_users_at_training_priority_are_refused():
     with pytest.raises(SystemExit) as e:
         server._check_sizes(SimpleNamespace(mezo_perturb="lowrank", mezo_piece_tokens=200), SimpleNamespace(**args))
     assert "--mezo-piece-tokens 200: beyond" in str(e.value)
+
+
+def test_served_tied_embedding_step_equals_offline_merged(tiny_tied_model, tmp_path):
+    """A tied Llama served with --mezo-lowrank-targets embed_tokens,q_proj: the shared tensor's one direction
+    is two adapter modules (lookup and logits); the served step equals hf with it merged once, and the
+    update lands once on the shared tensor (the saved weights equal the offline replay)."""
+    from sglang_mezo.backends import make_backend
+    from sglang_mezo.mezo import estimate, points
+    from sglang_mezo.objectives import label_words as objectives
+    from sglang_mezo.settings import Settings
+    from sglang_mezo.trajectory import replay
+
+    with running_server(tiny_tied_model, tmp_path / "server.log", "--mezo-save-dir", str(tmp_path),
+                        "--mezo-perturb", "lowrank", "--mezo-rank", str(RANK),
+                        "--mezo-lowrank-targets", "embed_tokens,q_proj") as url:
+        res = post_ok(url, "/mezo/step", {"examples": EXAMPLES, "lr": 5e-2, "eps": 1e-2, "n_queries": 2,
+                                        "seed": 3})
+        post_ok(url, "/mezo/save", {"path": "tied"})
+    hf = make_backend("hf", tiny_tied_model)
+    pieces = [p for p in hf.pieces if p.hf_name.endswith(("embed_tokens.weight", "q_proj.weight"))]
+    w = perturb.make("lowrank", pieces, hf, rank=RANK)
+    exs = [Example(**e) for e in EXAMPLES]
+    enc = objectives.encode(exs, hf.tokenizer)
+    cfg = Settings(lr=5e-2, eps=1e-2, n_queries=2)
+    offline = estimate(w.losses_at(points(res["seeds"], cfg),
+                                   lambda: objectives.get_objective("ce")(objectives.run_batch(hf, exs, enc))), cfg)
+    for a, b in zip(offline[1] + offline[2], res["loss_plus"] + res["loss_minus"]):
+        assert abs(a - b) <= 1e-4, (offline, res)
+    head = json.loads((tmp_path / "tied" / "trajectory.jsonl").read_text().splitlines()[0])
+    assert "model.embed_tokens.weight" in head["trainable_names"] and "lm_head.weight" not in head["trainable_names"]
+    replay_step(w, StepRecord(1, res["seeds"], res["projected_grad"], 5e-2, 1e-2, 0.0, "two_point",
+                              res["loss_plus"], res["loss_minus"]))
+    replayed = replay(tiny_tied_model, tmp_path / "tied" / "trajectory.jsonl")
+    assert torch.equal(replayed["model.embed_tokens.weight"], hf.model.model.embed_tokens.weight.detach())
+    assert hf.model.lm_head.weight is hf.model.model.embed_tokens.weight  # still one tensor
+
+
+def test_serve_lowrank_targets_and_rank_are_checked_at_launch(tiny_model):
+    from sglang_mezo.serve import http as server
+
+    for extra, want in ((["--mezo-lowrank-targets", "norm"], "--lowrank-targets 'norm'"),
+                        (["--mezo-rank", "33"], "exceeds the smaller dimension 32")):
+        argv = ["--model-path", tiny_model, "--mezo-perturb", "lowrank", "--mezo-rank", "2", *extra]
+        ns, rest = server._mezo_flags(argv)
+        with pytest.raises(SystemExit, match=want):
+            server._lowrank_flags(ns, rest)

@@ -42,6 +42,13 @@ class Backend:
     def pieces(self) -> list[Piece]:
         raise NotImplementedError
 
+    @property
+    def tied_embeddings(self) -> bool:
+        """The LM head is the input embedding (one tensor, two uses)."""
+        from .layout import tied_embeddings
+
+        return tied_embeddings(self.model_path)
+
     def score(self, requests: Sequence[ScoreRequest]) -> list[ScoreResult]:
         raise NotImplementedError
 

@@ -39,6 +39,16 @@ def checkpoint_shapes(model_path: str) -> dict[str, tuple[int, ...]]:
     return shapes
 
 
+def tied_embeddings(model_path: str) -> bool:
+    """Whether the model's LM head is its input embedding (one HF tensor, model.embed_tokens.weight, and
+    one engine tensor: its piece is listed once, under the embedding's name)."""
+    from transformers import AutoConfig
+
+    cfg = AutoConfig.from_pretrained(model_path)
+    cfg = cfg.get_text_config() if hasattr(cfg, "get_text_config") else cfg
+    return bool(getattr(cfg, "tie_word_embeddings", False))
+
+
 def packed_mapping(model: torch.nn.Module) -> dict[str, list[str]]:
     """fused engine module -> HF modules, in concatenation order, as the model class declares it."""
     stacked = getattr(model, "stacked_params_mapping", None)  # [(".qkv_proj", ".q_proj", "q"), ...]
@@ -60,6 +70,7 @@ def engine_pieces(model: torch.nn.Module, hf_shapes: dict[str, tuple[int, ...]],
         if skip and name.endswith(skip):
             continue
         module = model.get_submodule(name.rsplit(".", 1)[0]) if "." in name else model
+        module = getattr(module, "base_layer", module)  # a LoRA wrapper: its layer holds the layout
         if name in hf_shapes:
             piece = _one_to_one(name, hf_shapes[name], param, module)
             if piece is not None:  # None: this rank holds only padding of it

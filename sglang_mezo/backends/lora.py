@@ -10,7 +10,42 @@ import uuid
 
 from .piece import BackendError
 
-LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+VOCAB = ("embed_tokens", "lm_head")   # SGLang's VocabParallelEmbeddingWithLoRA / ParallelLMHeadWithLoRA
+LORA_TARGETS = PROJECTIONS + VOCAB    # every module a low-rank direction can cover
+TARGET_SETS = {"all": LORA_TARGETS, "projections": PROJECTIONS}
+
+
+def resolve_targets(spec: str | None) -> tuple[str, ...]:
+    """--lowrank-targets: all (default) | projections | comma-separated module names of LORA_TARGETS."""
+    if spec is None:
+        return LORA_TARGETS
+    if spec in TARGET_SETS:
+        return TARGET_SETS[spec]
+    names = tuple(dict.fromkeys(n.strip() for n in spec.split(",")))
+    bad = [n for n in names if n not in LORA_TARGETS]
+    if bad or not names:
+        raise ValueError(f"--lowrank-targets {spec!r}: SGLang's LoRA cannot adapt {bad or [spec]} here; give "
+                         f"all, projections, or names from {', '.join(LORA_TARGETS)} (comma-separated)")
+    return names
+
+
+def engine_lora_targets(server_args) -> str | None:
+    """--lowrank-targets for an engine started without `sglang-mezo serve` (EngineTrainer): the modules of
+    its --lora-target-modules we adapt (None: all of them, or LoRA off)."""
+    mods = list(getattr(server_args, "lora_target_modules", None) or [])
+    if not mods or "all" in mods:
+        return None
+    return ",".join(m for m in mods if m in LORA_TARGETS) or None
+
+
+def engine_targets(targets, tied: bool) -> list[str]:
+    """SGLang's --lora-target-modules for `targets`: a tied embedding is also the LM head, so its direction
+    needs both LoRA modules (the lookup and the logits), whichever of the two names asked for it."""
+    out = list(targets)
+    if tied and any(t in VOCAB for t in out):
+        out += [t for t in VOCAB if t not in out]
+    return out
 
 
 def check_limits(rank: int, n_adapters: int, max_rank: int, max_loras: int) -> None:

@@ -1,7 +1,9 @@
 """Apply patches/*.diff (unified diffs against the pinned sglang) to the loaded SGLang modules, in memory.
 
-The installed package is never edited. For each file of a diff: the installed source must match every
-hunk's context and removed lines exactly (else PatchMismatch: the pin moved and the patch must be
+The installed package is never edited. The diffs form a series, in file-name order: a diff to a file an
+earlier diff also changes is made against that file with the earlier diffs applied (as `quilt`/`git am`
+would apply them), so a function two diffs touch runs both changes. For each file of a diff: the source
+(installed, plus the earlier diffs of the series) must match every hunk's context and removed lines exactly (else PatchMismatch: the pin moved and the patch must be
 redone); the patched source is compiled under the installed file's name; each function whose body a hunk
 touches gets the patched code object (`func.__code__ = ...`), so every reference to the function — class
 attributes, bound methods, other modules' `from x import f` — runs the patched code; import lines a
@@ -126,11 +128,13 @@ def _live(module, qualname: str):
     return getattr(obj, "__func__", obj)
 
 
-def plan(fp: FilePatch, where: str):
-    """(module, patched source, [(qualname, code)], [import statements]) without changing anything."""
+def plan(fp: FilePatch, where: str, source: str | None = None):
+    """(module, [(function, code)], [import statements]) without changing anything. `source`: the text the
+    diff applies to (default: the installed file; `series` passes the earlier diffs' result)."""
     module = importlib.import_module(fp.module)
     installed = Path(module.__file__)
-    text, added = patched_source(fp, installed.read_text(encoding="utf-8"), f"{where} ({installed})")
+    original = installed.read_text(encoding="utf-8") if source is None else source
+    text, added = patched_source(fp, original, f"{where} ({installed})")
     tree = ast.parse(text)
     spans = [(q, n.lineno, n.end_lineno) for q, n in _functions(tree)]
     changed, imports = set(), []
@@ -156,23 +160,30 @@ def plan(fp: FilePatch, where: str):
         if fn.__code__.co_freevars != new.co_freevars:
             raise PatchMismatch(f"{where}: {q} in {fp.path} changes its closure; cannot patch in memory")
         swaps.append((fn, new))
-    return module, swaps, imports
+    return module, swaps, imports, text
+
+
+def series():
+    """(diff name, FilePatch, module, swaps, imports) for every file of every diff, in series order: each
+    planned against its file with the earlier diffs applied. PatchMismatch on drift; changes nothing."""
+    texts: dict[str, str] = {}   # path -> the source after the diffs so far
+    for diff in patch_files():
+        for fp in parse(diff.read_text(encoding="utf-8")):
+            module, swaps, imports, texts[fp.path] = plan(fp, diff.name, texts.get(fp.path))
+            yield diff.name, fp, module, swaps, imports
 
 
 def apply_all() -> list[str]:
     """Apply every patch in patches/ to the loaded sglang (idempotent). Returns the patch names applied."""
     done = []
-    for diff in patch_files():
-        for fp in parse(diff.read_text(encoding="utf-8")):
-            module = importlib.import_module(fp.module)
-            applied = module.__dict__.setdefault("__sglang_mezo_patches__", set())
-            if diff.name in applied:
-                continue
-            module, swaps, imports = plan(fp, diff.name)
+    for name, fp, module, swaps, imports in series():
+        applied = module.__dict__.setdefault("__sglang_mezo_patches__", set())
+        if name not in applied:
             for stmt in imports:
                 exec(compile(stmt, module.__file__, "exec"), module.__dict__)  # noqa: S102 - from our diff
             for fn, code in swaps:
                 fn.__code__ = code
-            applied.add(diff.name)
-        done.append(diff.name)
+            applied.add(name)
+        if name not in done:
+            done.append(name)
     return done

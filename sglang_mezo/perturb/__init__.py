@@ -29,7 +29,8 @@ def make(mode: str, pieces, backend=None, *, replay: bool = False, rank: int | N
         if rank is None:
             raise ValueError("--perturb lowrank needs --rank R")
         adapters = backend.adapters() if backend is not None and not replay else None
-        return LowRank(pieces, rank, adapters, on_change, replay)
+        tied = adapters is not None and backend.tied_embeddings  # the adapters cover both uses of a tied one
+        return LowRank(pieces, rank, adapters, on_change, replay, tied)
     if mode == "layerwise":
         layers = backend.layers if backend is not None else None
         if not layers and not replay:

@@ -323,10 +323,12 @@ def _mezo_flags(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
                    help=f"with --mezo-perturb lowrank: prompt tokens of a step's requests the scheduler admits "
                         f"per batch, and only while no user request waits or runs (default "
                         f"{PIECE_TOKENS_DEFAULT}): a user request that arrives waits for one such piece at most")
-    # the train flags --perturb / --rank / --sparsity, defined once in settings.py; lowrank runs a step's ±ε
-    # forwards as ordinary adapter requests beside user traffic, and serving pauses only for each in-place update
-    for name in ("perturb", "rank", "sparsity"):
+    # the train flags --perturb / --rank / --sparsity / --lowrank-targets, defined once in settings.py; lowrank
+    # runs a step's ±ε forwards as ordinary adapter requests beside user traffic, and serving pauses only for
+    # each in-place update
+    for name in ("perturb", "rank", "sparsity", "lowrank_targets"):
         f = FIELDS[name]
+        name = name.replace("_", "-")
         p.add_argument(f"--mezo-{name}", default=f.default, metavar=name.upper(), help=f.metadata["help"])
     if "-h" in argv or "--help" in argv:
         p.print_help()
@@ -367,10 +369,11 @@ def _lowrank_flags(ns: argparse.Namespace, argv: list[str]) -> list[str]:
         rank = int(ns.mezo_rank) if ns.mezo_rank is not None and ns.mezo_rank.lstrip("-").isdigit() else \
             ns.mezo_rank  # a non-number is left as typed: Settings refuses it as it refuses JSON
         sparsity = _number(ns.mezo_sparsity)
-        Settings(perturb=ns.mezo_perturb, rank=rank, sparsity=sparsity)
+        Settings(perturb=ns.mezo_perturb, rank=rank, sparsity=sparsity, lowrank_targets=ns.mezo_lowrank_targets)
     except SettingError as e:
-        raise SystemExit(f"sglang-mezo serve: --mezo-perturb {ns.mezo_perturb} --mezo-rank {ns.mezo_rank} "
-                         f"--mezo-sparsity {ns.mezo_sparsity}: {e}") from None
+        raise SystemExit(f"sglang-mezo serve: --mezo-perturb {ns.mezo_perturb} --mezo-rank {ns.mezo_rank}"
+                         + (f" --mezo-lowrank-targets {ns.mezo_lowrank_targets}" if ns.mezo_lowrank_targets
+                            else "") + f" --mezo-sparsity {ns.mezo_sparsity}: {e}") from None
     ns.mezo_rank, ns.mezo_sparsity = rank, sparsity
     os.environ["SGLANG_MEZO_PERTURB"] = ns.mezo_perturb
     os.environ["SGLANG_MEZO_SPARSITY"] = repr(float(sparsity))
@@ -389,10 +392,27 @@ def _lowrank_flags(ns: argparse.Namespace, argv: list[str]) -> list[str]:
         raise SystemExit(f"sglang-mezo serve: {e}") from None
     os.environ[PIECE_TOKENS_ENV] = str(ns.mezo_piece_tokens)
     os.environ["SGLANG_MEZO_RANK"] = str(ns.mezo_rank)
-    from ..backends.lora import LORA_TARGETS
+    from ..backends.layout import checkpoint_shapes, tied_embeddings
+    from ..backends.lora import engine_targets, resolve_targets
+    from ..perturb.lowrank import adaptable, check_rank
+    from .lowrank import Matrix
 
+    targets = resolve_targets(ns.mezo_lowrank_targets)
+    os.environ["SGLANG_MEZO_LOWRANK_TARGETS"] = ",".join(targets)
+    model = next((argv[i + 1] for i, a in enumerate(argv[:-1]) if a in ("--model-path", "--model")), None)
+    try:
+        tied = model is not None and tied_embeddings(model)
+        shapes = checkpoint_shapes(model) if model is not None else {}
+    except (OSError, ValueError):  # not a local model folder: SGLang names the problem at launch
+        tied, shapes = False, {}
+    try:  # a rank above a target's smaller dimension stops here, before SGLang starts
+        check_rank(ns.mezo_rank, adaptable([Matrix(n, sh) for n, sh in shapes.items()],
+                                           engine_targets(targets, tied))[0])
+    except ValueError as e:
+        raise SystemExit(f"sglang-mezo serve: --mezo-rank {ns.mezo_rank}: {e}".replace("--rank", "--mezo-rank")
+                         .replace("--lowrank-targets", "--mezo-lowrank-targets")) from None
     defaults = {"--enable-lora": None, "--max-lora-rank": str(ns.mezo_rank), "--max-loras-per-batch": "8",
-                "--lora-target-modules": list(LORA_TARGETS)}
+                "--lora-target-modules": engine_targets(targets, tied)}
     if not cpu_shims.cuda_available():
         defaults["--lora-backend"] = "torch_native"
     for flag, val in defaults.items():
@@ -444,9 +464,9 @@ def _lowrank_limits(ns, server_args):
     if server_args.max_loras_per_batch < 2:
         raise SystemExit("sglang-mezo serve: --mezo-perturb lowrank needs --max-loras-per-batch >= 2 "
                          "(one adapter per direction and sign)")
-    print(f"sglang-mezo serve: --mezo-perturb lowrank --mezo-rank {ns.mezo_rank}: steps train the "
-          "q/k/v/o/gate/up/down projections; embeddings, norms and lm_head stay frozen (SGLang's LoRA "
-          f"cannot adapt them); up to {server_args.max_loras_per_batch} adapters per step "
+    print(f"sglang-mezo serve: --mezo-perturb lowrank --mezo-rank {ns.mezo_rank}: steps train "
+          f"{os.environ['SGLANG_MEZO_LOWRANK_TARGETS']} (--mezo-lowrank-targets); norms stay frozen (a LoRA "
+          f"adapter holds matrices only); up to {server_args.max_loras_per_batch} adapters per step "
           f"(--max-loras-per-batch); a step's requests run at the lowest priority, {ns.mezo_piece_tokens} "
           "prompt tokens at a time, only while no user request waits or runs (--mezo-piece-tokens)",
           file=sys.stderr)

@@ -1,8 +1,9 @@
 """A served low-rank step — the one path, for HTTP and EngineTrainer: the ±ε forwards are ordinary SGLang
 requests, never a pause.
 
-    plan    RPC lowrank_plan (scheduler, ops.py: batch, seeds, adapted matrices; no forward)
-    load    2n fresh adapters (A = Vᵀ, B = ±ε·U/√r) through the tokenizer manager, as any LoRA load
+    plan    RPC lowrank_plan (scheduler, ops.py: batch, seeds, adapted matrices, tied embedding; no forward)
+    load    2n fresh adapters (A = Vᵀ, B = ±ε·U/√r; an embedding's transposed, a tied one also as the LM
+            head: perturb/lowrank.py) through the tokenizer manager, as any LoRA load
     score   ONE generate call: every example once per adapter (lora_path), return_logprob, one new token,
             at the lowest priority, rids `mezo-<step tag>-<i>`; the scheduler (load.py) admits them one
             small piece at a time and only while no user request waits or runs, so users go first (radix
@@ -35,7 +36,9 @@ from .load import TRAIN_RID_PREFIX
 from .protocol import RequestError, parse_step
 
 
-class _Matrix:
+class Matrix:
+    """An HF matrix by name and shape (what adapters and rank checks need of a piece)."""
+
     def __init__(self, name, shape):
         self.hf_name, self.hf_shape = name, tuple(shape)
 
@@ -97,9 +100,9 @@ async def step(call, args: dict, tokenizer_manager, objective, rank: int, tp_siz
         code, plan = await call("if_idle", {"quiet_s": quiet_s, "op": "lowrank_plan", "args": args})
     if code != 200 or "busy" in plan:
         return code, plan
-    mats = [_Matrix(n, s) for n, s in plan["matrices"]]
+    mats = [Matrix(n, s) for n, s in plan["matrices"]]
     rank, seeds, reqs = plan["rank"], plan["seeds"], plan["requests"]
-    conf = adapter_config(mats, rank)
+    conf = adapter_config(mats, rank, plan["tied"])
     names: list = []
     loaded: list[str] = []
     try:
@@ -109,7 +112,7 @@ async def step(call, args: dict, tokenizer_manager, objective, rank: int, tp_siz
                 continue
             await _when_idle(call)
             name = f"mezo-{uuid.uuid4().hex}"  # fresh per step: its KV can never be matched by another
-            blob = MultiprocessingSerializer.serialize(adapter_tensors(s, sc, mats, rank))
+            blob = MultiprocessingSerializer.serialize(adapter_tensors(s, sc, mats, rank, plan["tied"]))
             r = await tokenizer_manager.load_lora_adapter_from_tensors(LoadLoRAAdapterFromTensorsReqInput(
                 lora_name=name, config_dict=conf, serialized_named_tensors=[blob] * tp_size), None)
             if not r.success:

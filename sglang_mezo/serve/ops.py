@@ -29,6 +29,7 @@ import torch
 from .. import perturb, rewards, tasks, trajectory
 from ..backends.base import select_trainable
 from ..backends.encoder import EncoderBackend
+from ..backends.lora import engine_targets, resolve_targets
 from ..export import save_model
 from ..mezo import StepRecord, mezo_step, replay_step
 from ..objectives import family_for
@@ -45,15 +46,18 @@ TRAINING_OPS = ("step", "losses", "apply", "lowrank_plan", "lowrank_apply", "if_
 class ServedTrainer:
     def __init__(self, backend, pause, resume, flush, perturb_mode: str = "layerwise",
                  policy: Policy | None = None, rank: int | None = None, base_sha256: str | None = None,
-                 dp_rank: int = 0, probe=None, sparsity: float = 0.0):
+                 dp_rank: int = 0, probe=None, sparsity: float = 0.0, lowrank_targets: str | None = None):
         self.backend, self._pause, self._resume, self._flush = backend, pause, resume, flush
         self.probe = probe   # load.LoadProbe of this scheduler (None: no load figures, never idle-gated)
         self.perturb, self.rank, self.sparsity = perturb_mode, rank, sparsity   # sparsity > 0: Sparse MeZO
         self.policy = policy or Policy()   # restricted under `sglang-mezo serve` (requests over HTTP)
         self.encoder = isinstance(backend, EncoderBackend)
         self.pieces = select_trainable(backend.pieces, None)
-        if perturb_mode == "lowrank":  # LoRA-adaptable matrices only; here only updates land (lowrank.py)
-            self.pieces = perturb.lowrank.adaptable(self.pieces)[0]
+        self.tied = False
+        if perturb_mode == "lowrank":  # --mezo-lowrank-targets' matrices; here only updates land (lowrank.py)
+            self.tied = backend.tied_embeddings   # the adapters then cover both uses of the embedding
+            targets = engine_targets(resolve_targets(lowrank_targets), self.tied)
+            self.pieces = perturb.lowrank.adaptable(self.pieces, targets)[0]
         self.weights = perturb.make(perturb_mode, self.pieces, backend, replay=perturb_mode == "lowrank", rank=rank,
                                     sparsity=sparsity)
         self.records: list[StepRecord] = []
@@ -368,7 +372,8 @@ class ServedTrainer:
                 "requests": [[list(r.ids), list(r.next_ids), r.target_len] for r in enc.requests],
                 "where": [list(w) for w in enc.where], "labels": enc.labels.tolist(),
                 "n_candidates": enc.n_candidates, "examples": [asdict(e) for e in enc.examples],
-                "matrices": list(dict.fromkeys((p.hf_name, tuple(p.hf_shape)) for p in self.pieces))}
+                "matrices": list(dict.fromkeys((p.hf_name, tuple(p.hf_shape)) for p in self.pieces)),
+                "tied": self.tied}
 
     def lowrank_apply(self, a: ApplyArgs) -> dict:
         """The finished step's record applied in place (replay_step) — the only moment serving waits."""

@@ -112,6 +112,7 @@ class SchedulerSide:
             from sglang.srt.runtime_context import get_parallel
 
             from ..backends import attach_backend
+            from ..backends.lora import engine_lora_targets
             from ..backends.sglang_runner import check_version
             from .journal import BASE_SHA256_ENV, RUN_DIR_ENV
             from .load import PROBE
@@ -136,6 +137,7 @@ class SchedulerSide:
                 perturb_mode=os.environ.get("SGLANG_MEZO_PERTURB", "layerwise"),
                 rank=int(os.environ["SGLANG_MEZO_RANK"]) if os.environ.get("SGLANG_MEZO_RANK") else None,
                 sparsity=float(os.environ.get("SGLANG_MEZO_SPARSITY") or 0.0),
+                lowrank_targets=os.environ.get("SGLANG_MEZO_LOWRANK_TARGETS") or engine_lora_targets(sched.server_args),
                 policy=Policy.from_env(),  # set by `sglang-mezo serve`: requests come over HTTP
                 base_sha256=os.environ.get(BASE_SHA256_ENV),
                 dp_rank=get_parallel().dp_rank or 0,  # --dp-size N: rank 0 writes the journal

@@ -44,12 +44,15 @@ METHODS = {
     "nspsa4": (["--n-queries", "4"], 8, LR_MEZO, "n-SPSA, n = 4 directions averaged"),
     "fzoo4": (["--estimator", "fzoo", "--n-queries", "4"], 5, LR_FZOO, "FZOO, n = 4 one-sided, step / σ"),
     "sparse75": (["--sparsity", "0.75"], 2, LR_MEZO, "Sparse MeZO: z on the 75 % smallest |w| of each matrix"),
-    "lowrank4": (["--perturb", "lowrank", "--rank", "4"], 2, LR_MEZO, "low-rank r = 4, projections only"),
+    "lowrank4": (["--perturb", "lowrank", "--rank", "4", "--lowrank-targets", "projections"], 2, LR_MEZO,
+                 "low-rank r = 4, projections only"),
     "lowrank4_all": (["--perturb", "lowrank", "--rank", "4", "--lowrank-targets", "all"], 2, LR_MEZO,
                      "low-rank r = 4, every matrix (+ embedding / lm_head)"),
-    "lowrank4_fzoo8": (["--perturb", "lowrank", "--rank", "4", "--estimator", "fzoo", "--n-queries", "8"], 9,
-                       LR_FZOO, "low-rank r = 4 FZOO, 8 directions in one engine batch"),
+    "lowrank4_fzoo8": (["--perturb", "lowrank", "--rank", "4", "--lowrank-targets", "projections", "--estimator",
+                        "fzoo", "--n-queries", "8"], 9, LR_FZOO,
+                       "low-rank r = 4 FZOO (projections), 8 directions in one engine batch"),
 }
+METHODS_BY_OUT = {k: (v[0], v[1]) for k, v in METHODS.items()}
 REFERENCE = "mezo"
 OUT = RESULTS / "learning_per_forward.json"
 _lock = threading.Lock()
@@ -89,20 +92,37 @@ def run_one(method: str, lr: float, seed: int, budget: int, n_test: int, work: P
            "--overwrite", *flags]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PYTHONPATH": str(code)}
     t0 = time.time()
-    pr = subprocess.run(["taskset", "-c", str(core), *cmd], cwd=code, capture_output=True, text=True, env=env)
-    if pr.returncode != 0:
-        return {"error": (pr.stderr or pr.stdout)[-1500:], "cmd": " ".join(cmd)}
-    summary = json.loads(pr.stdout.strip().splitlines()[-1])
-    dev = []
-    for line in (out / "metrics.jsonl").read_text().splitlines():
-        m = json.loads(line)
-        if m.get("split") == "dev":
-            dev.append([m["step"] * per_step, m["accuracy"]])
+    done = finished(out, lr, seed, steps)
+    if done is None:
+        pr = subprocess.run(["taskset", "-c", str(core), *cmd], cwd=code, capture_output=True, text=True, env=env)
+        if pr.returncode != 0:
+            return {"error": (pr.stderr or pr.stdout)[-1500:], "cmd": " ".join(cmd)}
+        done = finished(out, lr, seed, steps)
+    zero, test, best_step, dev = done
     return {"method": method, "lr": lr, "seed": seed, "steps": steps, "forwards": steps * per_step,
             "engine_calls": steps * (1 if "lowrank" in method else per_step),
-            "zero_shot_test": summary["zero_shot_test_accuracy"], "test": summary["test_accuracy"],
-            "best_dev": summary["best_dev_accuracy"], "best_step": summary["best_step"], "dev_curve": dev,
-            "minutes": round((time.time() - t0) / 60, 2)}
+            "zero_shot_test": zero, "test": test, "best_step": best_step,
+            "best_dev": dict((s_ // per_step, a) for s_, a in dev)[best_step],
+            "dev_curve": dev, "minutes": round((time.time() - t0) / 60, 2)}
+
+
+def finished(out: Path, lr: float, seed: int, steps: int):
+    """(zero-shot test, test at the best dev step, best step, dev curve) of a run folder that finished with
+    these settings, else None (a run killed with its driver is picked up, not rerun)."""
+    try:
+        cfg = json.loads((out / "config.json").read_text())
+        lines = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    except (OSError, ValueError):
+        return None
+    if (cfg.get("lr"), cfg.get("seed"), cfg.get("steps")) != (lr, seed, steps):
+        return None
+    per = METHODS_BY_OUT.get(out.name.split("_lr")[0], (None, 1))[1]
+    zero = next((m["accuracy"] for m in lines if m.get("split") == "test" and m.get("zero_shot")), None)
+    final = next((m for m in lines if m.get("split") == "test" and "best_step" in m), None)
+    if zero is None or final is None:
+        return None
+    dev = [[m["step"] * per, m["accuracy"]] for m in lines if m.get("split") == "dev"]
+    return zero, final["accuracy"], final["best_step"], dev
 
 
 def chosen_lr(res: dict, method: str, grid_seed: int) -> float | None:

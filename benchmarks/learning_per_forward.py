@@ -231,6 +231,8 @@ def main():
     p.add_argument("--parallel", type=int, default=2, help="runs at once, one core each")
     p.add_argument("--cores", default="", help="the cores runs are pinned to, e.g. 0,1 (default: 0 … parallel-1)")
     p.add_argument("--work", default="/tmp/learning_per_forward", help="run folders (models: not kept in git)")
+    p.add_argument("--lrs", default="", help="this invocation's lr grid for its methods, e.g. 2e-5 (default: "
+                   "each method's own)")
     p.add_argument("--report-only", action="store_true")
     p.add_argument("--code", default=str(ROOT), help="the checkout whose `sglang-mezo train` runs (its commit "
                    "is recorded with each run)")
@@ -242,6 +244,9 @@ def main():
     for m in methods:
         if m not in METHODS:
             p.error(f"--methods: unknown {m!r} (have {list(METHODS)})")
+    if args.lrs:  # a narrower grid (say, the runs that fit the time left): the table reports it as the grid
+        for m in methods:
+            METHODS[m] = (*METHODS[m][:2], tuple(float(x) for x in args.lrs.split(",")), METHODS[m][3])
     work = Path(args.work)
     code = Path(args.code).resolve()
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=code, capture_output=True,

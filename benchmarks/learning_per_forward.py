@@ -145,6 +145,7 @@ def table(res: dict, seeds: list[int]) -> tuple[str, dict]:
     ref_final = {r["seed"]: r["dev_curve"][-1][1] for r in res["runs"].values()
                  if r.get("method") == REFERENCE and r["lr"] == res.get("lr", {}).get(REFERENCE)}
     for m, (_, per_step, grid, what) in METHODS.items():
+        grid = res.get("grid", {}).get(m, grid)   # a narrower grid an invocation ran (--lrs)
         lr = res.get("lr", {}).get(m)
         runs = [r for r in res["runs"].values() if r.get("method") == m and r["lr"] == lr and r["seed"] in seeds]
         if lr is None or not runs:
@@ -271,6 +272,8 @@ def main():
         with _lock, shared():
             res.update(load())
             res["runs"][key(m, lr, seed)] = {**r, "commit": commit}
+            if args.lrs:
+                res.setdefault("grid", {})[m] = list(METHODS[m][2])
             lr_m = chosen_lr(res, m, seeds[0])
             if lr_m is not None:
                 res["lr"][m] = lr_m

@@ -290,7 +290,7 @@ def main():
         later = []
         while futs or any(pending.values()):
             for m in methods:
-                lr = res["lr"].get(m) if chosen_lr(res, m, seeds[0]) is not None else None
+                lr = chosen_lr(res, m, seeds[0])
                 if lr is not None and pending[m]:
                     for s in pending[m]:
                         k = key(m, lr, s)

@@ -68,3 +68,21 @@ def cli(*args: str, check: bool = True, timeout: int = 900) -> subprocess.Comple
 
 def last_json(text: str) -> dict:
     return json.loads([l for l in text.splitlines() if l.startswith("{")][-1])
+
+
+def sentiment_batch(backend):
+    """Six label-word examples (" terrible" / " great") encoded for `backend`: the tiny models' step batch."""
+    from sglang_mezo.objectives import label_words
+    from sglang_mezo.tasks import Example
+
+    words = ["good fun movie", "awful boring plot", "very wonderful story", "bad acting", "fun film",
+             "terrible plot"]
+    ex = [Example(f"{w} It was", [" terrible", " great"], int(i % 3 != 1)) for i, w in enumerate(words)]
+    return label_words.encode(ex, backend.tokenizer)
+
+
+def ce_loss(backend, enc):
+    """The cross-entropy of `enc`'s label words on `backend`'s current weights, as a step's loss()."""
+    from sglang_mezo.objectives import label_words
+
+    return lambda: label_words.ce(label_words.candidate_scores(backend, enc), enc.labels)

@@ -4,6 +4,7 @@ import math
 import pytest
 import torch
 
+from conftest import ce_loss, sentiment_batch
 from sglang_mezo.objectives import label_words as objectives
 from sglang_mezo import perturb
 from sglang_mezo.mezo import ObjectiveError, mezo_step, replay_step
@@ -11,15 +12,7 @@ from sglang_mezo.settings import Settings
 from sglang_mezo.tasks import Example
 
 
-def _batch(backend):
-    words = ["good fun movie", "awful boring plot", "very wonderful story", "bad acting", "fun film",
-             "terrible plot"]
-    ex = [Example(f"{w} It was", [" terrible", " great"], int(i % 3 != 1)) for i, w in enumerate(words)]
-    return objectives.encode(ex, backend.tokenizer)
-
-
-def _loss(backend, enc):
-    return lambda: objectives.ce(objectives.candidate_scores(backend, enc), enc.labels)
+_batch, _loss = sentiment_batch, ce_loss   # the shared tiny step batch and its loss (conftest)
 
 
 def _weights(backend):

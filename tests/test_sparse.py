@@ -7,29 +7,19 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from conftest import cli, last_json
+from conftest import ce_loss, cli, last_json, sentiment_batch
 from sglang_mezo import perturb, trajectory
 from sglang_mezo.backends.base import Piece
 from sglang_mezo.mezo import mezo_step, replay_step
 from sglang_mezo.noise import Add, Update, apply, gaussian_reference, stream_key
 from sglang_mezo.noise_sweep import sweep, sweep_masked
-from sglang_mezo.objectives import label_words as objectives
 from sglang_mezo.perturb.sparse import masked, threshold
 from sglang_mezo.settings import Settings, SettingError
-from sglang_mezo.tasks import Example
 
 S = 0.5
 
 
-def _batch(backend):
-    words = ["good fun movie", "awful boring plot", "very wonderful story", "bad acting", "fun film",
-             "terrible plot"]
-    ex = [Example(f"{w} It was", [" terrible", " great"], int(i % 3 != 1)) for i, w in enumerate(words)]
-    return objectives.encode(ex, backend.tokenizer)
-
-
-def _loss(backend, enc):
-    return lambda: objectives.ce(objectives.candidate_scores(backend, enc), enc.labels)
+_batch, _loss = sentiment_batch, ce_loss   # the shared tiny step batch and its loss (conftest)
 
 
 def _steps(b, cfg, n_steps=3, sparsity=S):

@@ -43,7 +43,7 @@ METHODS = {
     "mezo": ([], 2, LR_MEZO, "MeZO two-point (reference)"),
     "nspsa4": (["--n-queries", "4"], 8, LR_MEZO, "n-SPSA, n = 4 directions averaged"),
     "fzoo4": (["--estimator", "fzoo", "--n-queries", "4"], 5, LR_FZOO, "FZOO, n = 4 one-sided, step / σ"),
-    "sparse75": (["--sparsity", "0.75"], 2, LR_MEZO, "Sparse MeZO: z on the 75 % smallest |w| of each matrix"),
+    "sparse75": (["--sparsity", "0.75"], 2, LR_MEZO, "Sparse MeZO: z on the 75 % smallest-magnitude weights of each matrix"),
     "lowrank4": (["--perturb", "lowrank", "--rank", "4", "--lowrank-targets", "projections"], 2, LR_MEZO,
                  "low-rank r = 4, projections only"),
     "lowrank4_all": (["--perturb", "lowrank", "--rank", "4", "--lowrank-targets", "all"], 2, LR_MEZO,

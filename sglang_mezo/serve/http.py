@@ -42,6 +42,7 @@ class Service:
         self.progress = {"running": False, "done": 0, "total": 0, "last": None, "error": None}
         self.stop = asyncio.Event()     # /mezo/train stops at the next step boundary (/mezo/stop, a signal)
         self.shutting_down = False      # after SIGTERM/SIGINT: no new steps, then SGLang's own shutdown
+        self.down = False               # SGLang's shutdown has begun: no more calls to the schedulers
         self.last_step = None           # the last step a client was told of (the log names it on exit)
         self._tasks: set = set()
 
@@ -85,6 +86,7 @@ class Service:
             await self.stopped()
             log.warning("MeZO: %s: training stopped; the last step is %s (journal complete); SGLang shuts "
                         "down now", signame, self.last_step)
+            self.down = True   # the schedulers go now: a request still asking them would hold the drain
             then()
 
         task = asyncio.get_running_loop().create_task(after())
@@ -92,6 +94,8 @@ class Service:
         task.add_done_callback(self._tasks.discard)
 
     async def call(self, op: str, args: dict) -> tuple[int, dict]:
+        if self.down:  # answered here: a scheduler that exits mid-call would never reply (--mezo-rpc-timeout)
+            return 503, {"error": "the server is shutting down"}
         return await self.schedulers.call(op, args)
 
     async def step(self, args: dict, quiet_s: float | None = None) -> tuple[int, dict]:

@@ -86,3 +86,14 @@ def ce_loss(backend, enc):
     from sglang_mezo.objectives import label_words
 
     return lambda: label_words.ce(label_words.candidate_scores(backend, enc), enc.labels)
+
+
+@pytest.fixture(autouse=True)
+def _environ_restored():
+    """Each test leaves os.environ as it found it: `serve`'s flag checks, called in-process by some tests, set
+    SGLANG_MEZO_* for the schedulers they would start, and a later test's subprocess (an EngineTrainer
+    engine) would inherit them (seen: a full-rank TP engine taking the low-rank step path)."""
+    saved = dict(os.environ)
+    yield
+    os.environ.clear()
+    os.environ.update(saved)

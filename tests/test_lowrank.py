@@ -120,8 +120,11 @@ def test_cli_bad_input_stops_before_any_step(tmp_path, tiny_model):
     assert p.returncode == 2 and "--rank 33 exceeds the smaller dimension 32" in p.stderr and "k_proj" in p.stderr
     assert not (tmp_path / "h" / "trajectory.jsonl").exists()
     p = cli("train", "--model", tiny_model, "--perturb", "lowrank", "--rank", "33", "--lowrank-targets",
-            "q_proj,lm_head", "--steps", "1", "--out", str(tmp_path / "i"), check=False)
-    assert "exceeds the smaller dimension" not in p.stderr  # q_proj and lm_head are 64 wide: rank 33 fits
+            "o_proj,lm_head", "--steps", "1", "--out", str(tmp_path / "i"), check=False)
+    assert "exceeds the smaller dimension" not in p.stderr  # o_proj and lm_head are 64 wide: rank 33 fits
+    p = cli("train", "--model", tiny_model, "--perturb", "lowrank", "--rank", "2", "--lowrank-targets",
+            "q_proj,lm_head", "--steps", "1", "--out", str(tmp_path / "f"), check=False)  # half of fused qkv
+    assert p.returncode == 2 and "SGLang fuses q_proj, k_proj, v_proj" in p.stderr, p.stderr[-2000:]
     p = cli("train", "--model", tiny_model, "--perturb", "lowrank", "--rank", "2", "--task", "squad",
             "--steps", "1", "--out", str(tmp_path / "e"), check=False)  # generation: no adapter path
     assert p.returncode == 2 and "--perturb lowrank runs classification tasks" in p.stderr
@@ -170,9 +173,9 @@ def test_a_target_the_model_lacks_is_refused_before_the_engine_starts(tmp_path, 
     OPTForCausalLM(OPTConfig(vocab_size=1000, hidden_size=32, num_hidden_layers=1, ffn_dim=64,
                              num_attention_heads=2, word_embed_proj_dim=32)).save_pretrained(tmp_path / "opt")
     p = cli("train", "--model", str(tmp_path / "opt"), "--perturb", "lowrank", "--rank", "2",
-            "--lowrank-targets", "q_proj,gate_proj", "--steps", "1", "--out", str(tmp_path / "o"), check=False)
-    assert p.returncode == 2 and "--lowrank-targets q_proj,gate_proj" in p.stderr, p.stderr[-2000:]
-    assert "no gate_proj matrix" in p.stderr and not (tmp_path / "o" / "trajectory.jsonl").exists()
+            "--lowrank-targets", "down_proj", "--steps", "1", "--out", str(tmp_path / "o"), check=False)
+    assert p.returncode == 2 and "--lowrank-targets down_proj" in p.stderr, p.stderr[-2000:]
+    assert "has no down_proj" in p.stderr and not (tmp_path / "o" / "trajectory.jsonl").exists()
 
 
 def test_tied_targets_name_one_matrix():

@@ -150,12 +150,12 @@ def test_users_never_see_perturbed_weights_and_wait_at_most_one_update(server, t
     for b, a, _, lps in probes:
         gaps = {k: max(abs(x - y) for x, y in zip(lps, offline(k))) for k in range(b, min(a + 1, start + 10) + 1)}
         k = min(gaps, key=gaps.get)
-        # sglang's float32 kernels vs transformers: ~5e-7 on most weight states, 2.8e-5 measured on one (step 6
-        # after the first test's four steps, every probe of it; step 7, built on it, is back at 5e-7).
-        # Neighbouring steps are >= 1.5e-2 apart and a perturbed forward ~1e-2: the nearest step must be
-        # within 1e-4 and at least 100x nearer than any other candidate.
+        # sglang's float32 kernels vs transformers: ~5e-7 on most weight states; measured up to 2.8e-5 with
+        # projection directions and 1.4e-4 with the embedding / LM-head ones (their steps move log-probs by up
+        # to 6). Neighbouring steps are >= 1.5e-2 apart and a perturbed forward >= 1e-2: the nearest step
+        # must be within 1e-3 and at least 100x nearer than any other candidate.
         others = [g for j, g in gaps.items() if j != k]
-        assert gaps[k] <= 1e-4 and all(g >= 100 * gaps[k] for g in others), (b, a, gaps)
+        assert gaps[k] <= 1e-3 and all(g >= 100 * gaps[k] for g in others), (b, a, gaps)
         matched.add(k)
     assert len(matched) >= 3, f"probes saw only steps {matched}: training and serving did not overlap"
 
@@ -222,7 +222,7 @@ def test_sizes_beyond_the_context_and_users_at_training_priority_are_refused():
 
 
 def test_served_tied_embedding_step_equals_offline_merged(tiny_tied_model, tmp_path):
-    """A tied Llama served with --mezo-lowrank-targets embed_tokens,q_proj: the shared tensor's one direction
+    """A tied Llama served with --mezo-lowrank-targets embed_tokens,q_proj,k_proj,v_proj: the shared tensor's one direction
     is two adapter modules (lookup and logits); the served step equals hf with it merged once, and the
     update lands once on the shared tensor (the saved weights equal the offline replay)."""
     from sglang_mezo.backends import make_backend
@@ -233,12 +233,13 @@ def test_served_tied_embedding_step_equals_offline_merged(tiny_tied_model, tmp_p
 
     with running_server(tiny_tied_model, tmp_path / "server.log", "--mezo-save-dir", str(tmp_path),
                         "--mezo-perturb", "lowrank", "--mezo-rank", str(RANK),
-                        "--mezo-lowrank-targets", "embed_tokens,q_proj") as url:
+                        "--mezo-lowrank-targets", "embed_tokens,q_proj,k_proj,v_proj") as url:
         res = post_ok(url, "/mezo/step", {"examples": EXAMPLES, "lr": 5e-2, "eps": 1e-2, "n_queries": 2,
                                         "seed": 3})
         post_ok(url, "/mezo/save", {"path": "tied"})
     hf = make_backend("hf", tiny_tied_model)
-    pieces = [p for p in hf.pieces if p.hf_name.endswith(("embed_tokens.weight", "q_proj.weight"))]
+    pieces = [p for p in hf.pieces if p.hf_name.endswith(("embed_tokens.weight", "q_proj.weight", "k_proj.weight",
+                                                          "v_proj.weight"))]
     w = perturb.make("lowrank", pieces, hf, rank=RANK)
     exs = [Example(**e) for e in EXAMPLES]
     enc = objectives.encode(exs, hf.tokenizer)

@@ -14,6 +14,7 @@ PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "
 VOCAB = ("embed_tokens", "lm_head")   # SGLang's VocabParallelEmbeddingWithLoRA / ParallelLMHeadWithLoRA
 LORA_TARGETS = PROJECTIONS + VOCAB    # every module a low-rank direction can cover
 TARGET_SETS = {"all": LORA_TARGETS, "projections": PROJECTIONS}
+FUSED = (("q_proj", "k_proj", "v_proj"), ("gate_proj", "up_proj"))   # SGLang's qkv_proj and gate_up_proj
 
 
 def resolve_targets(spec: str | None) -> tuple[str, ...]:
@@ -27,6 +28,10 @@ def resolve_targets(spec: str | None) -> tuple[str, ...]:
     if bad or not names:
         raise ValueError(f"--lowrank-targets {spec!r}: SGLang's LoRA cannot adapt {bad or [spec]} here; give "
                          f"all, projections, or names from {', '.join(LORA_TARGETS)} (comma-separated)")
+    for group in FUSED:  # SGLang adapts a fused module whole: its LoRA weights must cover every part
+        if 0 < len(set(group) & set(names)) < len(group):
+            raise ValueError(f"--lowrank-targets {spec!r}: SGLang fuses {', '.join(group)} into one module and "
+                             f"adapts it whole: name all of them or none")
     return names
 
 

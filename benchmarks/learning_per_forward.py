@@ -52,7 +52,6 @@ METHODS = {
                         "fzoo", "--n-queries", "8"], 9, LR_FZOO,
                        "low-rank r = 4 FZOO (projections), 8 directions in one engine batch"),
 }
-METHODS_BY_OUT = {k: (v[0], v[1]) for k, v in METHODS.items()}
 REFERENCE = "mezo"
 OUT = RESULTS / "learning_per_forward.json"
 _lock = threading.Lock()
@@ -92,12 +91,12 @@ def run_one(method: str, lr: float, seed: int, budget: int, n_test: int, work: P
            "--overwrite", *flags]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PYTHONPATH": str(code)}
     t0 = time.time()
-    done = finished(out, lr, seed, steps)
+    done = finished(out, lr, seed, steps, per_step)
     if done is None:
         pr = subprocess.run(["taskset", "-c", str(core), *cmd], cwd=code, capture_output=True, text=True, env=env)
         if pr.returncode != 0:
             return {"error": (pr.stderr or pr.stdout)[-1500:], "cmd": " ".join(cmd)}
-        done = finished(out, lr, seed, steps)
+        done = finished(out, lr, seed, steps, per_step)
     zero, test, best_step, dev = done
     return {"method": method, "lr": lr, "seed": seed, "steps": steps, "forwards": steps * per_step,
             "engine_calls": steps * (1 if "lowrank" in method else per_step),
@@ -106,7 +105,7 @@ def run_one(method: str, lr: float, seed: int, budget: int, n_test: int, work: P
             "dev_curve": dev, "minutes": round((time.time() - t0) / 60, 2)}
 
 
-def finished(out: Path, lr: float, seed: int, steps: int):
+def finished(out: Path, lr: float, seed: int, steps: int, per_step: int):
     """(zero-shot test, test at the best dev step, best step, dev curve) of a run folder that finished with
     these settings, else None (a run killed with its driver is picked up, not rerun)."""
     try:
@@ -116,12 +115,11 @@ def finished(out: Path, lr: float, seed: int, steps: int):
         return None
     if (cfg.get("lr"), cfg.get("seed"), cfg.get("steps")) != (lr, seed, steps):
         return None
-    per = METHODS_BY_OUT.get(out.name.split("_lr")[0], (None, 1))[1]
     zero = next((m["accuracy"] for m in lines if m.get("split") == "test" and m.get("zero_shot")), None)
     final = next((m for m in lines if m.get("split") == "test" and "best_step" in m), None)
     if zero is None or final is None:
         return None
-    dev = [[m["step"] * per, m["accuracy"]] for m in lines if m.get("split") == "dev"]
+    dev = [[m["step"] * per_step, m["accuracy"]] for m in lines if m.get("split") == "dev"]
     return zero, final["accuracy"], final["best_step"], dev
 
 
